@@ -1,0 +1,118 @@
+"""One frozen config dataclass per stage, with a preset per hardware profile.
+
+A preset is the dataclass's defaults (the `cpu` values) overridden by a small dict per profile,
+so a reader sees in one place what changes between a laptop, a Colab T4 and an A100.
+Notebooks and the CLI call `BaseConfig.preset("cpu", steps=100)`; unknown fields are an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from rlhf_course.hardware import check_profile
+
+
+class _Preset:
+    """Mixin: `Cls.preset(profile, **overrides)` and `cfg.to_dict()` for frozen dataclasses."""
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    @classmethod
+    def preset(cls, profile: str, **overrides: Any):
+        """The config for `profile` ('cpu', 't4', 'a100'), with `overrides` applied last."""
+        check_profile(profile)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise TypeError(
+                f"{cls.__name__} has no field(s) {unknown}; valid fields: {sorted(names)}"
+            )
+        values = {**cls.PRESETS.get(profile, {}), **overrides, "profile": profile}
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class BaseConfig(_Preset):
+    """Stage `base` (notebook 01): the toy world, its tokenizer, and the pretrained base model.
+
+    On `cpu` a tiny Llama-style decoder is trained here on the world's corpus; on `t4`/`a100` a
+    hub base model is loaded instead and the tokenizer/pretraining fields are unused.
+    """
+
+    profile: str = "cpu"
+    """Hardware profile this config was made for ('cpu', 't4', 'a100')."""
+    seed: int = 0
+    """Seeds the world (facts, corpus, splits) and every random choice of the stage."""
+
+    # --- tokenizer (cpu track) ---
+    vocab_size: int = 1024
+    """Byte-level BPE vocabulary size, special tokens included. Small: the world's text is narrow."""
+
+    # --- model (cpu track) ---
+    n_layers: int = 2
+    """Decoder layers. Shallow trains copying/induction faster than deep at this size."""
+    d_model: int = 256
+    """Hidden width."""
+    n_heads: int = 4
+    """Attention heads (head size = d_model / n_heads)."""
+    d_ff: int = 768
+    """MLP inner width (SwiGLU)."""
+    max_seq_len: int = 384
+    """Longest sequence the model sees (prompt + reply), in tokens."""
+
+    # --- pretraining (cpu track) ---
+    corpus_docs: int = 12_000
+    """Documents generated for the pretraining corpus (encyclopedia + forum threads)."""
+    block_size: int = 128
+    """Tokens per pretraining sequence (documents are packed end to end)."""
+    batch_size: int = 32
+    """Sequences per optimizer step."""
+    steps: int = 700
+    """Optimizer steps. 700 x 32 x 128 = 2.9M tokens, about 2.5 minutes on 2 cores."""
+    lr: float = 3e-3
+    """Peak learning rate (AdamW), reached after `warmup_steps`, then cosine to 10%."""
+    warmup_steps: int = 30
+    """Linear warm-up steps."""
+    weight_decay: float = 0.1
+    """AdamW weight decay on matrices (not on norms)."""
+
+    # --- hub model (t4 / a100 track) ---
+    hub_model: str = ""
+    """Hub id or local folder of the base model for GPU profiles; empty on cpu (trained here)."""
+    dtype: str = "float32"
+    """Weights' dtype: float32 on cpu, float16 on T4 (no bf16 there), bfloat16 on A100."""
+    trust_remote_code: bool = False
+    """Run code shipped with a hub model. Off unless a learner opts in for a named model."""
+
+    # --- evaluation ---
+    eval_prompts: int = 240
+    """Held-out prompts sampled for `base.gold` (at least 200)."""
+    max_new_tokens: int = 64
+    """Longest sampled reply, in tokens."""
+    temperature: float = 0.7
+    """Sampling temperature for evaluation replies (the same in every stage's report)."""
+    eval_batch_size: int = 48
+    """Prompts per generation batch."""
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "cpu": {},
+        "t4": {
+            "hub_model": "HuggingFaceTB/SmolLM2-135M",
+            "dtype": "float16",
+            "max_seq_len": 1024,
+            "max_new_tokens": 128,
+            "eval_batch_size": 64,
+        },
+        "a100": {
+            "hub_model": "Qwen/Qwen2.5-0.5B",
+            "dtype": "bfloat16",
+            "max_seq_len": 2048,
+            "max_new_tokens": 256,
+            "eval_batch_size": 128,
+        },
+    }
