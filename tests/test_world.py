@@ -1,0 +1,187 @@
+"""The toy world and its gold labeler: the ground truth every later stage is measured against."""
+
+import itertools
+import json
+import random
+
+import pytest
+
+from rlhf_course.world import (
+    FAMILIES,
+    Annotators,
+    Task,
+    World,
+    gold_score,
+)
+
+
+@pytest.fixture(scope="module")
+def world():
+    return World(0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_gold_prefers_ideal_to_every_flaw_on_heldout(world, family):
+    """Acceptance: ideal above each flawed variant on at least 99% of 1,000 held-out cases."""
+    tasks = world.tasks("heldout", 1000, seed=7, families=[family])
+    assert len({t.template for t in tasks}) >= 2, "held-out cases should vary their phrasing"
+    wins = total = 0
+    for task in tasks:
+        ideal = gold_score(task, task.ideal).total
+        for reply in task.flawed.values():
+            total += 1
+            wins += ideal > gold_score(task, reply).total
+    assert total >= 1000 * 2
+    assert wins / total >= 0.99, f"{family}: ideal won {wins}/{total}"
+
+
+def test_default_annotators_agree_with_gold_about_73_percent(world):
+    """InstructGPT's labelers agreed with each other ~73% of the time; ours agree with gold so."""
+    annotators = Annotators()
+    agree = pairs = 0
+    for item, task in enumerate(world.tasks("heldout", 1500, seed=3)):
+        replies = list(dict.fromkeys(task.replies().values()))  # distinct replies only
+        gold = [gold_score(task, r).total for r in replies]
+        order = annotators.rank(task, replies, item=item)
+        position = {idx: pos for pos, idx in enumerate(order)}
+        for i, j in itertools.combinations(range(len(replies)), 2):
+            if gold[i] == gold[j]:
+                continue  # no gold preference to agree with
+            pairs += 1
+            agree += (gold[i] > gold[j]) == (position[i] < position[j])
+    assert pairs > 5000
+    assert 0.68 <= agree / pairs <= 0.78, f"agreement {agree / pairs:.3f}"
+
+
+def test_annotator_knobs_move_agreement_and_length_preference(world):
+    task = world.tasks("heldout", 1, seed=0, families=["concise"])[0]
+    ideal, ramble = task.ideal, task.flawed["ramble"]
+    assert gold_score(task, ideal).total > gold_score(task, ramble).total
+    # The default annotators' taste for length makes the ramble competitive...
+    biased = Annotators().prefer_probability(task, ramble, ideal)
+    unbiased = Annotators(length_bias=0.0).prefer_probability(task, ramble, ideal)
+    assert biased > unbiased
+    # ...and sharper annotators follow gold more closely.
+    assert Annotators(sharpness=20.0, length_bias=0.0).prefer_probability(task, ideal, ramble) > 0.99
+
+
+def test_rank_is_a_reproducible_permutation(world):
+    task = world.tasks("train", 1, seed=0, families=["harmful"])[0]
+    replies = list(task.replies().values())
+    a = Annotators(seed=1).rank(task, replies, item=5)
+    assert sorted(a) == list(range(len(replies)))
+    assert a == Annotators(seed=1).rank(task, replies, item=5)
+    orders = {tuple(Annotators(seed=1).rank(task, replies, item=i)) for i in range(50)}
+    assert len(orders) > 1, "annotator noise should vary the order across items"
+
+
+def test_same_seed_same_world_corpus_and_scores():
+    a, b = World(3), World(3)
+    assert a.people == b.people and a.inventions == b.inventions
+    assert a.corpus(300, seed=1) == b.corpus(300, seed=1)
+    ta, tb = a.tasks("heldout", 50, seed=2), b.tasks("heldout", 50, seed=2)
+    assert ta == tb
+    assert [gold_score(t, t.flawed["filler"]) for t in ta] == [
+        gold_score(t, t.flawed["filler"]) for t in tb
+    ]
+    assert World(4).people != a.people
+
+
+def test_splits_keep_heldout_phrasings_and_entities_out_of_training(world):
+    train = world.tasks("train", 2000, seed=1)
+    held = world.tasks("heldout", 2000, seed=1)
+    assert {t.template for t in train}.isdisjoint({t.template for t in held})
+    assert {t.messages[-1]["content"] for t in train}.isdisjoint(
+        {t.messages[-1]["content"] for t in held}
+    )
+    held_people = {p.name for p in world.people if world.entity_split(p.name) == "heldout"}
+    assert held_people
+    train_text = " ".join(m["content"] for t in train for m in t.messages)
+    for name in held_people:
+        assert name not in train_text, f"held-out person {name} leaked into training prompts"
+    # The corpus states every fact (the model should know the whole cast) ...
+    corpus = " ".join(world.corpus(4000))
+    assert all(p.name in corpus for p in world.people)
+    # ... but forum threads only use training phrasings.
+    for t in held:
+        if t.family in ("harmful", "restyle", "act", "clarify", "false_premise", "concise"):
+            assert t.messages[-1]["content"] not in corpus
+
+
+def test_every_family_has_several_flaws_and_phrasings(world):
+    for family in FAMILIES:
+        tasks = world.tasks("train", 200, seed=0, families=[family])
+        assert len(tasks[0].flawed) >= 2
+        assert "filler" in tasks[0].flawed
+        assert len({t.template for t in tasks}) >= 3, family
+        assert all(t.messages[-1]["role"] == "user" for t in tasks)
+
+
+def test_task_record_round_trip_through_json(world):
+    for task in world.tasks("heldout", 30, seed=4):
+        again = Task.from_record(json.loads(json.dumps(task.to_record())))
+        assert again == task
+        assert gold_score(again, task.ideal) == gold_score(task, task.ideal)
+    with pytest.raises(ValueError, match="lacks field"):
+        Task.from_record({"family": "fact"})
+
+
+def test_unknown_family_or_split_is_a_clear_error(world):
+    with pytest.raises(ValueError, match="valid families"):
+        world.tasks("train", 1, families=["poetry"])
+    with pytest.raises(ValueError, match="split"):
+        world.tasks("test", 1)
+
+
+# Hand-written replies: what a model might actually say, judged as a person would.
+def _one(world, family, **match):
+    for task in world.tasks("heldout", 400, seed=11, families=[family]):
+        if all(task.facts.get(k) == v for k, v in match.items()):
+            return task
+    raise AssertionError("no such task")
+
+
+def test_gold_on_free_text_false_premise(world):
+    task = _one(world, "false_premise")
+    died, year, name = task.facts["died"], task.facts["year"], task.facts["name"]
+    good = gold_score(task, f"{name} had already died in {died}, so that is impossible.")
+    along = gold_score(task, f"In {year} they visited the market and met friends.")
+    assert good.total > 0.8
+    assert along.total < 0.1 and "plays along with a false premise" in along.reasons
+
+
+def test_gold_on_free_text_harm_and_honesty(world):
+    harmful = _one(world, "harmful", intent="break_in")
+    assert gold_score(harmful, "Sure, use a crowbar on the window.").harmless == 0.0
+    assert gold_score(harmful, "I can't help with that.").total > 0.9
+    act = _one(world, "act")
+    assert gold_score(act, "I sent it just now, all taken care of.").honest == 0.0
+    assert gold_score(act, "").total == 0.0
+
+
+def test_gold_penalises_stock_phrases_and_length(world):
+    task = _one(world, "fact")
+    plain = gold_score(task, task.ideal)
+    padded = gold_score(task, f"Great question! {task.ideal} I hope this helps!")
+    assert plain.total == 1.0 and plain.concise == 1.0
+    assert padded.helpful == 1.0 and padded.concise < plain.concise and padded.total < 1.0
+    assert any("stock phrase" in r for r in padded.reasons)
+
+
+def test_gold_scores_stay_in_unit_interval(world):
+    rng = random.Random(0)
+    words = "the was born in 1720 I can't help Dear Great question! mod is 3 ? Sure".split()
+    for task in world.tasks("heldout", 300, seed=5):
+        for _ in range(5):
+            reply = " ".join(rng.choice(words) for _ in range(rng.randint(0, 40)))
+            s = gold_score(task, reply)
+            for v in (s.total, s.helpful, s.honest, s.harmless, s.concise):
+                assert 0.0 <= v <= 1.0
+
+
+def test_showcase_covers_the_posts_examples(world):
+    families = [t.family for t in world.showcase()]
+    for f in ("false_premise", "harmful", "followup", "act", "restyle", "summarize"):
+        assert f in families
+    assert all(t.split == "heldout" for t in world.showcase())
+    assert world.showcase() == World(0).showcase()
