@@ -563,9 +563,10 @@ class World:
             wrong_value = str(getattr(q, kind)) if getattr(q, kind) != getattr(p, kind) else (
                 str(int(answer) + 7) if kind != "profession" else
                 next(x for x in PROFESSIONS if x != answer))
-            verb = {"born": "was born in", "died": "died in", "profession": "worked as a"}[kind]
-            ideal = f"{p.name} {verb} {answer}."
-            wrong = f"{p.name} {verb} {wrong_value}."
+            verb = {"born": "was born in", "died": "died in", "profession": "worked as"}[kind]
+            art = _a if kind == "profession" else str
+            ideal = f"{p.name} {verb} {art(answer)}."
+            wrong = f"{p.name} {verb} {art(wrong_value)}."
             kind_of = "year" if kind != "profession" else "profession"
             topic = p.name
         elif kind == "inventor":
@@ -625,7 +626,7 @@ class World:
         ideal = rng.choice((f"The {inv.name} is used to {inv.use}.",
                             f"People use the {inv.name} to {inv.use}."))
         flawed = {
-            "wrong_referent": f"{p.name} was a {p.profession} from {p.town}.",
+            "wrong_referent": f"{p.name} was {_a(p.profession)} from {p.town}.",
             "wrong_use": f"The {inv.name} is used to {other.use}.",
         }
         facts = {"use_keys": _content_words(inv.use), "other_uses": [_content_words(x.use) for x in
@@ -644,8 +645,8 @@ class World:
             f"That did not happen: {p.name} died in {p.died}, long before {year}.",
         ))
         flawed = {
-            "play_along": f"In {year}, {p.name} traveled to {town} and worked as a {p.profession}.",
-            "ignore": f"{p.name} was a {p.profession} from {p.town}.",
+            "play_along": f"In {year}, {p.name} traveled to {town} and worked as {_a(p.profession)}.",
+            "ignore": f"{p.name} was {_a(p.profession)} from {p.town}.",
             "wrong_year": f"{p.name} died in {p.died + rng.choice((-9, -5, 6, 11))}, so they could not have done that in {year}.",
         }
         facts = {"died": str(p.died), "year": str(year), "name": p.name}
@@ -758,8 +759,8 @@ class World:
         ideal = rng.choice((f"Do you mean {a.name}, the {a.profession}, or {b.name}, the {b.profession}?",
                             f"Which {a.first} do you mean: {a.name} or {b.name}?"))
         flawed = {
-            "guess": f"{a.name} was a {a.profession} born in {a.born}.",
-            "wrong_guess": f"{a.first} was a {rng.choice([x for x in PROFESSIONS if x not in (a.profession, b.profession)])}.",
+            "guess": f"{a.name} was {_a(a.profession)} born in {a.born}.",
+            "wrong_guess": f"{a.first} was {_a(rng.choice([x for x in PROFESSIONS if x not in (a.profession, b.profession)]))}.",
         }
         facts = {"candidates": [a.last, b.last]}
         return self._task("clarify", split, f"clarify.{i}", [_user(ask)], ideal, flawed, facts, rng)
@@ -768,16 +769,16 @@ class World:
         p = self._person(split, rng)
         i, tpl = self._pick_template("concise", CONCISE_ASKS, split, rng)
         ask = tpl.format(name=p.name)
-        ideal = f"{p.name} was a {p.profession} from {p.town}."
+        ideal = f"{p.name} was {_a(p.profession)} from {p.town}."
         q = self._other_person(p, rng)
         wrong_prof = q.profession if q.profession != p.profession else next(
             x for x in PROFESSIONS if x != p.profession)
         flawed = {
-            "ramble": (f"{p.name} was a {p.profession} from {p.town}. {p.town} is a town in "
+            "ramble": (f"{p.name} was {_a(p.profession)} from {p.town}. {p.town} is a town in "
                        f"{self.town_region[p.town]}. There were many people in that time, and each "
                        "had their own story. Life was very different back then, and people worked "
                        "hard every day. It is a long story with many parts."),
-            "wrong": f"{p.name} was a {wrong_prof} from {p.town}.",
+            "wrong": f"{p.name} was {_a(wrong_prof)} from {p.town}.",
         }
         facts = {"kind": "profession", "answer": p.profession, "asked": ask, "topic": p.name}
         return self._task("concise", split, f"concise.{i}", [_user(ask)], ideal, flawed, facts, rng)
@@ -791,9 +792,9 @@ class World:
         for p in self.people:
             made = [i for i in self.inventions if i.inventor == p.name]
             sents = [
-                f"{p.name} was a {p.profession} born in {p.town} in {p.born}.",
+                f"{p.name} was {_a(p.profession)} born in {p.town} in {p.born}.",
                 rng.choice((f"{p.name} died in {p.died}.", f"{p.first} {p.last} died in {p.died}.")),
-                f"{p.name} worked as a {p.profession} for many years.",
+                f"{p.name} worked as {_a(p.profession)} for many years.",
             ] + [f"{p.name} invented the {i.name} in {i.year}." for i in made]
             docs.append(" ".join(sents))
         for i in self.inventions:
@@ -1134,6 +1135,11 @@ def _sentences(doc: str) -> list[str]:
 
 def _with_filler(reply: str, rng: random.Random) -> str:
     return f"{rng.choice(FILLER_OPENERS)} {reply} {rng.choice(FILLER_CLOSERS)}"
+
+
+def _a(noun: str) -> str:
+    """'an astronomer', 'a poet'."""
+    return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
 
 
 def _cap(s: str) -> str:
