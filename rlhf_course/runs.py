@@ -1,0 +1,323 @@
+"""Run folders: where each stage writes its outputs and where the next stage finds them.
+
+Layout of a run folder (`run_dir`)::
+
+    RUN_DIR/
+      report.json          one object per stage: {"base": {"gold": 0.12, "seconds": 150.2, ...}}
+      metrics/<name>.json  key metrics a notebook recorded, asserted by the notebook tests
+      base/ ...            one folder per stage, holding what that stage produced
+      sft/ ...
+
+A stage reads its inputs with `require(run_dir, "base", "model")`, which fails with the command
+that would produce the missing input, so a notebook can start from any stage of a prepared run.
+JSON files are written atomically (temporary file, then `os.replace`): a killed kernel or CLI
+leaves either the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import resource
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NoReturn
+
+REPORT_NAME = "report.json"
+METRICS_DIR = "metrics"
+
+try:  # advisory lock so two processes updating one report do not lose each other's entries
+    import fcntl
+except ImportError:  # Windows: no fcntl; concurrent updates are then last-writer-wins
+    fcntl = None
+
+
+class CorruptRunFile(ValueError):
+    """A file in a run folder exists but cannot be read (bad JSON, truncated checkpoint, ...)."""
+
+
+class MissingStageOutput(FileNotFoundError):
+    """An input a stage needs is not in the run folder; the message says how to produce it."""
+
+
+class CorruptStageOutput(CorruptRunFile):
+    """A stage output exists but cannot be loaded; the message says how to produce it again."""
+
+
+def stage_dir(run_dir: str | os.PathLike, stage: str) -> Path:
+    """Return `RUN_DIR/<stage>`, creating it (and `run_dir`) if needed."""
+    path = Path(run_dir) / _check_name(stage, "stage")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def run_command(run_dir: str | os.PathLike, stage: str, profile: str | None = None) -> str:
+    """The shell command that (re)produces `stage` in `run_dir`.
+
+    Without `profile`, the one recorded in report.json is used; if none is recorded the
+    `--profile` flag is left out, so the CLI detects it as it would for a fresh run.
+    """
+    profile = profile or _recorded_profile(run_dir)
+    flag = f"--profile {profile} " if profile else ""
+    return f"rlhf-course run {flag}--out {shlex.quote(str(run_dir))} --stages {stage}"
+
+
+def require(
+    run_dir: str | os.PathLike, stage: str, relpath: str | os.PathLike, profile: str | None = None
+) -> Path:
+    """Return `RUN_DIR/<stage>/<relpath>` if it exists, else raise `MissingStageOutput`.
+
+    The error names the missing path, the stage that produces it and the command that runs that
+    stage. A stage function passes `profile=cfg.profile` so the command is exact; without it the
+    profile recorded in report.json is used, or the flag is left out (the CLI then detects it).
+    """
+    path = Path(run_dir) / stage / relpath
+    if path.exists():
+        return path
+    where = "the run folder itself does not exist" if not Path(run_dir).exists() else "not found"
+    raise MissingStageOutput(
+        f"missing {path} ({where}). It is produced by stage {stage!r}: run\n"
+        f"    {run_command(run_dir, stage, profile)}\n"
+        f"or run that stage's notebook with run_dir={str(run_dir)!r}."
+    )
+
+
+def raise_corrupt(
+    run_dir: str | os.PathLike,
+    stage: str,
+    relpath: str | os.PathLike,
+    problem: str | BaseException,
+    profile: str | None = None,
+) -> NoReturn:
+    """Raise `CorruptStageOutput` for `RUN_DIR/<stage>/<relpath>`, which exists but won't load.
+
+    A loader calls it from the `except` clause that caught the parse error, passing the error as
+    `problem`; it becomes the exception's cause so the original traceback is kept.
+    """
+    path = Path(run_dir) / stage / relpath
+    detail = (
+        f"{type(problem).__name__}: {problem}" if isinstance(problem, BaseException) else problem
+    )
+    error = CorruptStageOutput(
+        f"{path} exists but cannot be loaded ({detail}). It was probably left by an interrupted "
+        f"run or edited by hand. Produce it again with stage {stage!r}:\n"
+        f"    {run_command(run_dir, stage, profile)}"
+    )
+    if isinstance(problem, BaseException):
+        raise error from problem
+    raise error
+
+
+# --- report.json ---------------------------------------------------------------------------
+
+
+def read_report(run_dir: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """Return the run's report (`{stage: entry}`); `{}` if no stage has reported yet."""
+    return _read_json(Path(run_dir) / REPORT_NAME, what="report")
+
+
+def update_report(
+    run_dir: str | os.PathLike, stage: str, entry: dict[str, Any], replace: bool = False
+) -> dict[str, dict[str, Any]]:
+    """Merge `entry` into the stage's object in report.json and return the whole report.
+
+    Keys already recorded for this stage are kept unless `entry` sets them; `replace=True` drops
+    them instead (the CLI does so, since a stage returns its complete entry and a stale figure
+    from an earlier run would be misleading). Other stages' entries are never touched.
+    """
+    _check_name(stage, "stage")
+    entry = _jsonable(entry, where=f"report entry for stage {stage!r}")
+    path = Path(run_dir) / REPORT_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(path):
+        report = read_report(run_dir)
+        old = {} if replace else report.get(stage, {})
+        report[stage] = {**old, **entry}
+        _write_json_atomic(path, report)
+    return report
+
+
+# --- metrics recorded by notebooks --------------------------------------------------------------
+
+
+def record_metrics(run_dir: str | os.PathLike, name: str, metrics: dict[str, Any]) -> Path:
+    """Record a notebook's key metrics in `RUN_DIR/metrics/<name>.json` and return that path.
+
+    The notebook tests read them back with `read_metrics` and assert them. Recording twice merges
+    the keys. Values must be JSON numbers, strings or bools (or lists/dicts of them); numpy and
+    0-d torch scalars are converted; NaN and infinity are rejected, since a NaN metric means the
+    run went wrong and should fail where it happened rather than in a test later.
+    """
+    _check_name(name, "metrics name")
+    metrics = _jsonable(metrics, where=f"metrics {name!r}")
+    path = Path(run_dir) / METRICS_DIR / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(path):
+        merged = {**_read_json(path, what="metrics"), **metrics}
+        _write_json_atomic(path, merged)
+    return path
+
+
+def read_metrics(run_dir: str | os.PathLike, name: str) -> dict[str, Any]:
+    """Return the metrics recorded under `name`; FileNotFoundError lists the names recorded."""
+    path = Path(run_dir) / METRICS_DIR / f"{_check_name(name, 'metrics name')}.json"
+    if not path.exists():
+        recorded = (
+            sorted(p.stem for p in path.parent.glob("*.json")) if path.parent.exists() else []
+        )
+        raise FileNotFoundError(
+            f"no metrics recorded as {name!r}: {path} does not exist (recorded in this run: "
+            f"{recorded or 'none'}). The notebook must call record_metrics(run_dir, {name!r}, ...)."
+        )
+    return _read_json(path, what="metrics")
+
+
+# --- cost of a stage ---------------------------------------------------------------------------
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB.
+
+    It is the peak over the process's whole life, so in a multi-stage CLI run a later stage's
+    figure includes the earlier stages' peaks: it is an upper bound for that stage.
+    """
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports KiB, macOS bytes.
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+class StageTimer:
+    """Wall-clock seconds of a `with` block: `with StageTimer() as t: ...; t.seconds`.
+
+    `seconds` can be read inside the block too (time so far), e.g. for a progress message.
+    """
+
+    def __init__(self) -> None:
+        self._start: float | None = None
+        self._end: float | None = None
+
+    def __enter__(self) -> StageTimer:
+        self._start, self._end = time.perf_counter(), None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._end = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        """Seconds from entering the block to leaving it (or to now, while inside)."""
+        if self._start is None:
+            return 0.0
+        return (self._end if self._end is not None else time.perf_counter()) - self._start
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def _check_name(name: str, what: str) -> str:
+    # Names become folder and file names: keep them to one path component, no surprises.
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ValueError(
+            f"invalid {what} {name!r}: use letters, digits, '_', '-' and '.' "
+            "(it becomes a file or folder name in the run folder)"
+        )
+    return name
+
+
+def _recorded_profile(run_dir: str | os.PathLike) -> str | None:
+    # Best effort: a corrupt or missing report just means we cannot suggest a profile.
+    try:
+        report = read_report(run_dir)
+    except (OSError, CorruptRunFile):
+        return None
+    for entry in report.values():
+        if isinstance(entry, dict) and isinstance(entry.get("profile"), str):
+            return entry["profile"]
+    return None
+
+
+def _jsonable(value: Any, where: str, key: str = "") -> Any:
+    """Return `value` as plain JSON types, or raise a ValueError naming the offending key."""
+    label = f"{where}, key {key!r}" if key else where
+    if hasattr(value, "item") and not isinstance(value, (dict, list, tuple, str)):
+        try:  # numpy scalars, 0-d arrays and 0-d tensors; larger arrays raise and fall through
+            value = value.item()
+        except (ValueError, RuntimeError, TypeError):
+            pass
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{label} is {value}: metrics and report values must be finite")
+        return value
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise TypeError(f"{label}: keys must be strings, got {k!r}")
+            out[k] = _jsonable(v, where, f"{key}.{k}" if key else k)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v, where, f"{key}[{i}]") for i, v in enumerate(value)]
+    raise TypeError(
+        f"{label} is a {type(value).__name__}: values must be JSON numbers, strings or bools "
+        "(or lists/dicts of them); convert it, e.g. float(x) or x.tolist()"
+    )
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise CorruptRunFile(
+            f"{path} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}). "
+            f"Fix the {what} by hand, or delete it and re-run the stages or notebooks that write it."
+        ) from err
+    if not isinstance(data, dict):
+        raise CorruptRunFile(
+            f"{path} should hold a JSON object, found {type(data).__name__}. Delete it and re-run "
+            f"the stages or notebooks that write the {what}."
+        )
+    return data
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    # Same folder as the target so os.replace is a rename on one file system (atomic).
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, allow_nan=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    # The lock lives in a sidecar file: the target itself is replaced, so locking it would not hold.
+    if fcntl is None:
+        yield
+        return
+    with open(path.parent / f".{path.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

@@ -1,0 +1,5 @@
+"""Shared test setup: headless matplotlib before anything imports pyplot."""
+
+import os
+
+os.environ.setdefault("MPLBACKEND", "agg")

@@ -1,0 +1,221 @@
+"""Run folders: the report, stage inputs and their errors, recorded metrics, cost helpers."""
+
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from rlhf_course import runs
+from rlhf_course.runs import (
+    CorruptRunFile,
+    CorruptStageOutput,
+    MissingStageOutput,
+    StageTimer,
+    peak_rss_mb,
+    raise_corrupt,
+    read_metrics,
+    read_report,
+    record_metrics,
+    require,
+    stage_dir,
+    update_report,
+)
+
+
+def test_stage_dir_creates_it(tmp_path):
+    path = stage_dir(tmp_path / "run", "sft")
+    assert path == tmp_path / "run" / "sft"
+    assert path.is_dir()
+    assert stage_dir(tmp_path / "run", "sft") == path  # idempotent
+
+
+@pytest.mark.parametrize("bad", ["", "../x", "a/b", ".hidden", "a b"])
+def test_stage_names_must_be_one_path_component(tmp_path, bad):
+    with pytest.raises(ValueError, match="invalid stage"):
+        stage_dir(tmp_path, bad)
+
+
+def test_report_starts_empty(tmp_path):
+    assert read_report(tmp_path) == {}
+    assert read_report(tmp_path / "does-not-exist") == {}
+
+
+def test_update_report_merges_and_keeps_other_stages(tmp_path):
+    update_report(tmp_path, "base", {"gold": 0.12, "seconds": 150.2})
+    update_report(tmp_path, "sft", {"gold": 0.47})
+    report = update_report(tmp_path, "base", {"peak_rss_mb": 900})
+    expected = {"base": {"gold": 0.12, "seconds": 150.2, "peak_rss_mb": 900}, "sft": {"gold": 0.47}}
+    assert report == expected
+    assert json.loads((tmp_path / "report.json").read_text()) == expected
+    # Stages keep the order they first reported in, which is the course's order.
+    assert list(read_report(tmp_path)) == ["base", "sft"]
+
+
+def test_update_report_replace_drops_stale_keys(tmp_path):
+    update_report(tmp_path, "base", {"gold": 0.12, "old": 1})
+    update_report(tmp_path, "sft", {"gold": 0.47})
+    report = update_report(tmp_path, "base", {"gold": 0.2}, replace=True)
+    assert report == {"base": {"gold": 0.2}, "sft": {"gold": 0.47}}
+
+
+def test_update_report_is_atomic(tmp_path, monkeypatch):
+    update_report(tmp_path, "base", {"gold": 0.12})
+    before = (tmp_path / "report.json").read_text()
+
+    def crash(src, dst):
+        raise OSError("simulated crash during the rename")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="simulated"):
+        update_report(tmp_path, "sft", {"gold": 0.5})
+    # The old report is intact and no temporary file is left behind.
+    assert (tmp_path / "report.json").read_text() == before
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_corrupt_report_names_the_file_and_what_to_do(tmp_path):
+    (tmp_path / "report.json").write_text('{"base": {"gold": 0.1')  # truncated
+    with pytest.raises(CorruptRunFile) as info:
+        read_report(tmp_path)
+    message = str(info.value)
+    assert str(tmp_path / "report.json") in message
+    assert "line 1" in message
+    assert "delete it" in message
+    with pytest.raises(CorruptRunFile):
+        update_report(tmp_path, "sft", {"gold": 0.5})
+
+
+def test_report_must_be_an_object(tmp_path):
+    (tmp_path / "report.json").write_text("[1, 2]")
+    with pytest.raises(CorruptRunFile, match="JSON object"):
+        read_report(tmp_path)
+
+
+def test_report_rejects_nan(tmp_path):
+    with pytest.raises(ValueError, match="'gold'"):
+        update_report(tmp_path, "base", {"gold": float("nan")})
+    assert not (tmp_path / "report.json").exists()
+
+
+def test_require_returns_an_existing_path(tmp_path):
+    (stage_dir(tmp_path, "base") / "model").mkdir()
+    assert require(tmp_path, "base", "model") == tmp_path / "base" / "model"
+
+
+def test_require_missing_names_path_stage_and_command(tmp_path):
+    with pytest.raises(MissingStageOutput) as info:
+        require(tmp_path, "base", "model", profile="cpu")
+    assert isinstance(info.value, FileNotFoundError)
+    message = str(info.value)
+    assert str(tmp_path / "base" / "model") in message
+    assert "stage 'base'" in message
+    assert f"rlhf-course run --profile cpu --out {tmp_path} --stages base" in message
+
+
+def test_require_takes_the_profile_from_the_report(tmp_path):
+    update_report(tmp_path, "base", {"profile": "t4"})
+    with pytest.raises(MissingStageOutput, match="--profile t4 --out"):
+        require(tmp_path, "sft", "model")
+
+
+def test_require_without_a_known_profile_lets_the_cli_detect_it(tmp_path):
+    run_dir = tmp_path / "no such run"
+    with pytest.raises(MissingStageOutput) as info:
+        require(run_dir, "base", "model")
+    message = str(info.value)
+    assert "does not exist" in message
+    # The path is shell-quoted so the command can be pasted as is.
+    assert f"rlhf-course run --out '{run_dir}' --stages base" in message
+
+
+def test_raise_corrupt_keeps_the_cause(tmp_path):
+    path = stage_dir(tmp_path, "comparisons") / "rankings.jsonl"
+    path.write_text("{not json\n")
+    with pytest.raises(CorruptStageOutput) as info:
+        try:
+            json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise_corrupt(tmp_path, "comparisons", "rankings.jsonl", err, profile="cpu")
+    message = str(info.value)
+    assert str(path) in message
+    assert "JSONDecodeError" in message
+    assert "--stages comparisons" in message
+    assert isinstance(info.value.__cause__, json.JSONDecodeError)
+    assert isinstance(info.value, CorruptRunFile)
+
+
+def test_raise_corrupt_with_a_description(tmp_path):
+    with pytest.raises(CorruptStageOutput, match="3 of 5 shards"):
+        raise_corrupt(tmp_path, "base", "model", "3 of 5 shards")
+
+
+def test_record_metrics_writes_and_merges(tmp_path):
+    path = record_metrics(tmp_path, "03_sft", {"gold": 0.47, "family": "premise"})
+    assert path == tmp_path / "metrics" / "03_sft.json"
+    record_metrics(tmp_path, "03_sft", {"win_rate": 0.86, "gold": 0.5})
+    assert read_metrics(tmp_path, "03_sft") == {"gold": 0.5, "family": "premise", "win_rate": 0.86}
+    assert not list(path.parent.glob("*.tmp"))
+
+
+def test_record_metrics_converts_numpy_and_torch_scalars(tmp_path):
+    record_metrics(
+        tmp_path,
+        "m",
+        {"a": np.float32(0.5), "b": np.int64(3), "c": torch.tensor(2.0), "d": np.bool_(True)},
+    )
+    assert read_metrics(tmp_path, "m") == {"a": 0.5, "b": 3, "c": 2.0, "d": True}
+
+
+@pytest.mark.parametrize(
+    "bad", [float("nan"), float("inf"), np.float64("nan"), torch.tensor(float("nan"))]
+)
+def test_record_metrics_rejects_nan_with_the_key(tmp_path, bad):
+    with pytest.raises(ValueError) as info:
+        record_metrics(tmp_path, "m", {"ok": 1.0, "loss": bad})
+    assert "'loss'" in str(info.value)
+    assert "finite" in str(info.value)
+    assert not (tmp_path / "metrics" / "m.json").exists()
+
+
+def test_record_metrics_rejects_non_json_values(tmp_path):
+    with pytest.raises(TypeError, match="'curve'.*ndarray"):
+        record_metrics(tmp_path, "m", {"curve": np.zeros((2, 2)), "set": {1}})
+    with pytest.raises(TypeError, match="object"):
+        record_metrics(tmp_path, "m", {"x": object()})
+
+
+def test_read_metrics_missing_lists_what_was_recorded(tmp_path):
+    record_metrics(tmp_path, "01_base", {"gold": 0.1})
+    with pytest.raises(FileNotFoundError) as info:
+        read_metrics(tmp_path, "03_sft")
+    assert "01_base" in str(info.value)
+    assert "record_metrics" in str(info.value)
+
+
+def test_peak_rss_is_plausible():
+    # This test process has imported torch: more than 10 MiB, less than 1 TiB.
+    assert 10 < peak_rss_mb() < 2**20
+
+
+def test_stage_timer_measures_the_block():
+    with StageTimer() as timer:
+        time.sleep(0.05)
+        inside = timer.seconds
+    assert 0.04 < inside
+    assert 0.04 < timer.seconds < 5
+    assert timer.seconds == timer.seconds  # frozen once the block ends
+    assert StageTimer().seconds == 0.0
+
+
+def test_every_public_function_has_a_docstring():
+    for name in dir(runs):
+        obj = getattr(runs, name)
+        if (
+            not name.startswith("_")
+            and callable(obj)
+            and getattr(obj, "__module__", "") == runs.__name__
+        ):
+            assert obj.__doc__, f"runs.{name} has no docstring"
