@@ -1,0 +1,264 @@
+"""`rlhf-course`: run the course's stages headless, as an instructor preparing checkpoints would.
+
+    rlhf-course run --profile cpu --out runs/cpu                 # every stage built so far
+    rlhf-course run --profile cpu --out runs/cpu --stages base   # just one
+    rlhf-course profile                                          # which profile fits this machine
+
+Each stage is one function `fn(cfg, run_dir) -> dict` in its own module; the CLI builds the
+stage's config from its preset, times the call and writes the returned figures into
+`RUN_DIR/report.json`. The notebooks call the same functions, so both paths share one code path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import sys
+import typing
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from rlhf_course import runs
+from rlhf_course.hardware import PROFILES, detect_profile
+
+# Stage name -> "module:function", in the order the course runs them. Imported lazily so that
+# `rlhf-course profile` (or a typo in --stages) does not pay for importing every stage's deps.
+STAGES: dict[str, str] = {
+    "base": "rlhf_course.pretrain:run_base_stage",
+}
+
+# Stage name -> "module:ConfigClass"; the config is built as `Cls.preset(profile, seed=...)`.
+STAGE_CONFIGS: dict[str, str] = {
+    "base": "rlhf_course.config:BaseConfig",
+}
+
+# Report keys the CLI itself fills in; the summary shows the stage's own figures beside them.
+_BOOKKEEPING = ("seconds", "peak_rss_mb", "profile", "seed")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `rlhf-course` console script; returns the process exit code."""
+    parser, run_parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "profile":
+        choice = detect_profile()
+        print(choice.name)
+        print(choice.reason)
+        return 0
+    stages = parse_stages(args.stages, run_parser)
+    overrides = parse_overrides(args.set, stages, run_parser)
+    return run_stages(stages, args.profile, args.out, args.seed, overrides)
+
+
+def parse_stages(spec: str | None, parser: argparse.ArgumentParser | None = None) -> list[str]:
+    """Turn `"sft,base"` into `["base", "sft"]`: known names only, in the course's order.
+
+    `None` means every registered stage. An unknown name is a usage error listing valid names.
+    """
+    if spec is None:
+        return list(STAGES)
+    wanted = [s.strip() for s in spec.split(",") if s.strip()]
+    unknown = [s for s in wanted if s not in STAGES]
+    if unknown or not wanted:
+        message = (
+            f"unknown stage(s) {', '.join(unknown)}" if unknown else "--stages is empty"
+        ) + f"; valid stages, in order: {', '.join(STAGES)}"
+        if parser is not None:
+            parser.error(message)  # exits with status 2 and the usage line
+        raise ValueError(message)
+    # The course's order, not the command line's: a later stage reads an earlier one's outputs.
+    return [s for s in STAGES if s in wanted]
+
+
+def parse_overrides(
+    items: Sequence[str] | None,
+    stages: Sequence[str],
+    parser: argparse.ArgumentParser | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Parse `--set STAGE.FIELD=VALUE` items into `{stage: {field: value}}`.
+
+    VALUE is converted to the field's type (int, float, bool, str), so `--set base.steps=50`
+    gives an int. Unknown stages or fields are usage errors naming the valid ones.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for item in items or ():
+        try:
+            key, raw = item.split("=", 1)
+            stage, field = key.split(".", 1)
+            if stage not in STAGES:
+                raise ValueError(f"unknown stage {stage!r}; valid stages: {', '.join(STAGES)}")
+            value = _convert(load_config_class(stage), field, raw)
+        except ValueError as err:
+            message = f"--set {item!r}: {err} (expected STAGE.FIELD=VALUE, e.g. base.steps=50)"
+            if parser is not None:
+                parser.error(message)
+            raise ValueError(message) from err
+        out.setdefault(stage, {})[field] = value
+    not_run = sorted(set(out) - set(stages))
+    if not_run:
+        message = f"--set names stage(s) {', '.join(not_run)} that --stages does not run"
+        if parser is not None:
+            parser.error(message)
+        raise ValueError(message)
+    return out
+
+
+def run_stages(
+    stages: Sequence[str],
+    profile: str | None,
+    out: str | Path | None,
+    seed: int | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
+) -> int:
+    """Run `stages` in order into the run folder `out` and print a summary; return an exit code.
+
+    `profile=None` detects it; `out=None` means `runs/<profile>`. A stage whose input is missing
+    or corrupt stops the run with that error's message (exit code 1); stages that finished
+    before it keep their outputs and report entries, so rerunning from it is enough.
+    """
+    choice = detect_profile(profile)
+    run_dir = Path(out) if out is not None else Path("runs") / choice.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    print(f"profile: {choice.name} ({choice.reason})")
+    print(f"run folder: {run_dir}")
+    # Build every config and import every stage before running any, so a bad override or a
+    # broken import fails now rather than after the earlier stages' minutes of training.
+    plan = []
+    for stage in stages:
+        stage_overrides = dict((overrides or {}).get(stage, {}))
+        if seed is not None:
+            stage_overrides["seed"] = seed
+        cfg = load_config_class(stage).preset(choice.name, **stage_overrides)
+        plan.append((stage, cfg, load_stage(stage)))
+    done: list[str] = []
+    for i, (stage, cfg, fn) in enumerate(plan, 1):
+        print(f"\n== stage {i}/{len(stages)}: {stage} ({STAGES[stage]})", flush=True)
+        try:
+            with runs.StageTimer() as timer:
+                result = fn(cfg, run_dir)
+        except (runs.MissingStageOutput, runs.CorruptRunFile) as err:
+            print(f"\nerror: stage {stage!r} cannot run:\n{err}", file=sys.stderr)
+            _print_summary(run_dir, done)
+            return 1
+        entry = _as_entry(stage, result)
+        # A stage may time itself more precisely (excluding, say, dataset download); keep its own.
+        entry.setdefault("seconds", round(timer.seconds, 1))
+        entry.setdefault("peak_rss_mb", round(runs.peak_rss_mb(), 1))
+        entry.setdefault("profile", choice.name)
+        if hasattr(cfg, "seed"):
+            entry.setdefault("seed", cfg.seed)
+        runs.update_report(run_dir, stage, entry, replace=True)
+        done.append(stage)
+    _print_summary(run_dir, done)
+    return 0
+
+
+def load_stage(stage: str) -> Callable[[Any, Path], dict[str, Any]]:
+    """Import and return the function registered for `stage` in STAGES."""
+    return _import(STAGES[stage], f"stage {stage!r}")
+
+
+def load_config_class(stage: str) -> Any:
+    """Import and return the config class registered for `stage` in STAGE_CONFIGS."""
+    if stage not in STAGE_CONFIGS:
+        raise KeyError(f"stage {stage!r} has no entry in rlhf_course.cli.STAGE_CONFIGS")
+    return _import(STAGE_CONFIGS[stage], f"config of stage {stage!r}")
+
+
+def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    parser = argparse.ArgumentParser(
+        prog="rlhf-course",
+        description="Run the RLHF course's stages headless (SFT, reward model, PPO, ...).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser(
+        "run",
+        help="run stages into a run folder",
+        description="Run the course's stages in order, writing RUN_DIR/<stage>/ and "
+        "RUN_DIR/report.json.",
+        epilog=f"stages, in order: {', '.join(STAGES)}",
+    )
+    run.add_argument(
+        "--profile",
+        choices=PROFILES,
+        default=None,
+        help="hardware profile (default: detected; see `rlhf-course profile`)",
+    )
+    run.add_argument(
+        "--out", metavar="RUN_DIR", default=None, help="run folder (default: runs/PROFILE)"
+    )
+    run.add_argument(
+        "--stages",
+        default=None,
+        help="comma-separated stages to run (default: all); they run in the course's order",
+    )
+    run.add_argument("--seed", type=int, default=None, help="seed for every stage's config")
+    run.add_argument(
+        "--set",
+        action="append",
+        metavar="STAGE.FIELD=VALUE",
+        help="override one config field, e.g. --set base.steps=50 (repeatable)",
+    )
+    sub.add_parser("profile", help="print the detected hardware profile and why")
+    return parser, run
+
+
+def _import(target: str, what: str) -> Any:
+    module_name, _, attr = target.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ImportError(f"cannot load {what} from {target!r}: {err}") from err
+
+
+def _convert(cls: Any, field: str, raw: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    if field not in fields:
+        raise ValueError(f"{cls.__name__} has no field {field!r}; valid fields: {sorted(fields)}")
+    # Annotations are strings under `from __future__ import annotations`; resolve them.
+    kind = typing.get_type_hints(cls).get(field, str)
+    if kind is bool:
+        if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"{field} needs true or false, got {raw!r}")
+        return raw.lower() in ("true", "1", "yes")
+    if kind in (int, float):
+        return kind(raw)
+    return raw
+
+
+def _as_entry(stage: str, result: Any) -> dict[str, Any]:
+    if dataclasses.is_dataclass(result) and not isinstance(result, type):
+        result = dataclasses.asdict(result)
+    if not isinstance(result, dict):
+        raise TypeError(
+            f"stage {stage!r} ({STAGES[stage]}) returned {type(result).__name__}; a stage "
+            "function must return a dict of figures for report.json"
+        )
+    return dict(result)
+
+
+def _print_summary(run_dir: Path, stages: Sequence[str]) -> None:
+    report = runs.read_report(run_dir)
+    print("\nsummary")
+    for stage in stages:
+        entry = report.get(stage, {})
+        figures = [
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in entry.items()
+            if k not in _BOOKKEEPING and isinstance(v, (int, float, str, bool))
+        ][:6]
+        seconds, rss = entry.get("seconds"), entry.get("peak_rss_mb")
+        cost = (
+            f"{seconds:8.1f} s" if isinstance(seconds, (int, float)) else f"{'?':>8} s",
+            f"{rss:7.0f} MiB peak" if isinstance(rss, (int, float)) else f"{'?':>7} MiB peak",
+        )
+        print(f"  {stage:<12} {cost[0]} {cost[1]}  {'  '.join(figures)}")
+    if not stages:
+        print("  no stage finished")
+    print(f"report: {run_dir / runs.REPORT_NAME}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
