@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Run the test suite in .venv (set up first if needed). Arguments go to pytest, e.g.
+#   bash scripts/test.sh -m "not slow"      bash scripts/test.sh tests/test_runs.py -x
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+bash scripts/setup.sh
+export MPLBACKEND=agg
+# Temporary files inside the repo (.tmp/ is git-ignored): run folders stay inspectable after a
+# failure, and machines with a small or shared /tmp are not a problem.
+mkdir -p .tmp
+exec .venv/bin/python -m pytest --basetemp=.tmp/pytest "$@"
