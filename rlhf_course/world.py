@@ -1107,6 +1107,23 @@ class Annotators:
         return 1.0 / (1.0 + math.exp(-(ua - ub)))
 
 
+def annotator_agreement(world: World, annotators: Annotators, n_tasks: int = 1500,
+                        seed: int = 0, split: str = "heldout") -> float:
+    """How often `annotators` order a pair of distinct replies as gold does, measured by ranking
+    each task's ideal and flawed replies. Pairs that gold scores equal are skipped."""
+    agree = pairs = 0
+    for item, task in enumerate(world.tasks(split, n_tasks, seed=seed)):
+        replies = list(dict.fromkeys(task.replies().values()))
+        gold = [gold_score(task, r).total for r in replies]
+        position = {idx: pos for pos, idx in enumerate(annotators.rank(task, replies, item=item))}
+        for i in range(len(replies)):
+            for j in range(i + 1, len(replies)):
+                if gold[i] != gold[j]:
+                    pairs += 1
+                    agree += (gold[i] > gold[j]) == (position[i] < position[j])
+    return agree / pairs
+
+
 # --------------------------------------------------------------------------------------------
 # Small text helpers
 # --------------------------------------------------------------------------------------------
