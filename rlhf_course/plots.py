@@ -1,0 +1,87 @@
+"""Plots for the notebooks: a live training curve, redrawn in place while a cell runs.
+
+Figures are built with matplotlib's object API (no pyplot, no global backend), so they draw the
+same in JupyterLab, Colab, papermill and a plain script with `MPLBACKEND=agg`.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+
+def in_notebook() -> bool:
+    """True inside a running IPython kernel (JupyterLab, Colab, papermill), else False."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and hasattr(shell, "kernel")
+
+
+class LiveLossPlot:
+    """A line plot of one or more named series that redraws itself in place in a notebook.
+
+    Call it as `plot(step, value)` (or `plot(step, value, name="gold")` for another series);
+    pass it as `live_plot=` to a training loop. In a notebook each call replaces the previous
+    image (one output, not a growing stack); outside a notebook it only records the points,
+    and `save(path)` writes the PNG either way.
+    """
+
+    def __init__(self, title: str = "training loss", xlabel: str = "step", ylabel: str = "loss"):
+        self.series: dict[str, tuple[list[float], list[float]]] = {}
+        self.figure = Figure(figsize=(6.4, 3.6), layout="constrained")
+        FigureCanvasAgg(self.figure)  # render off-screen: no GUI backend is ever needed
+        self.ax = self.figure.add_subplot()
+        self.title, self.xlabel, self.ylabel = title, xlabel, ylabel
+        self._handle = None
+        self._show = in_notebook()
+
+    def __call__(self, step: float, value: float, name: str = "loss") -> None:
+        """Add the point (step, value) to the series `name` and redraw in a notebook."""
+        xs, ys = self.series.setdefault(name, ([], []))
+        xs.append(float(step))
+        ys.append(float(value))
+        if self._show:
+            self.show()
+
+    def draw(self) -> Figure:
+        """Redraw the axes from the recorded points; returns the matplotlib figure."""
+        ax = self.ax
+        ax.clear()
+        for name, (xs, ys) in self.series.items():
+            ax.plot(xs, ys, label=name, linewidth=1.5)
+        ax.set(title=self.title, xlabel=self.xlabel, ylabel=self.ylabel)
+        ax.grid(alpha=0.3)
+        if len(self.series) > 1:
+            ax.legend()
+        return self.figure
+
+    def png(self) -> bytes:
+        """The current plot as PNG bytes."""
+        buf = io.BytesIO()
+        self.draw().savefig(buf, format="png", dpi=100)
+        return buf.getvalue()
+
+    def show(self) -> None:
+        """Display the plot, replacing the image this object displayed before (notebooks only)."""
+        from IPython.display import Image, display
+
+        # An Image, not the Figure: every frontend renders a PNG without a matplotlib backend.
+        image = Image(self.png())
+        if self._handle is None:
+            self._handle = display(image, display_id=True)
+        else:
+            self._handle.update(image)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the plot as a PNG to `path` (parent folders created); returns the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(self.png())
+        return path
