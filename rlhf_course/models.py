@@ -194,7 +194,10 @@ def _load_pretrained(source: str, local: bool, what: str, dtype: str, trust_remo
         folder = Path(source).expanduser()
         if not folder.is_dir():
             raise FileNotFoundError(f"load_base: folder {folder} does not exist; expected {what}")
-        missing = [f for f in ("config.json", "tokenizer.json") if not (folder / f).is_file()]
+        missing = [] if (folder / "config.json").is_file() else ["config.json"]
+        # tokenizer.json (ours, most hub models), or the files a slow tokenizer is built from
+        if not any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "vocab.json")):
+            missing.append("tokenizer.json")
         if not any(folder.glob("*.safetensors")):
             missing.append("*.safetensors")
         if missing:
@@ -235,9 +238,10 @@ def _ensure_chat_format(tokenizer, model: PreTrainedModel) -> None:
             tokenizer.chat_template, tokenizer.eos_token = CHAT_TEMPLATE, END
     if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         tokenizer.add_special_tokens({"pad_token": PAD})
-    # Many hub models pad their embedding matrix, so new tokens may fit without resizing.
+    # Many hub models pad their embedding matrix, so new tokens may fit without resizing. New
+    # rows start at the mean embedding (HF's default), so they do not dominate the logits.
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        model.resize_token_embeddings(len(tokenizer))
     tokenizer.padding_side = "left"
     for conf in (model.config, model.generation_config):
         conf.pad_token_id = tokenizer.pad_token_id
