@@ -85,3 +85,32 @@ class LiveLossPlot:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(self.png())
         return path
+
+
+def bar_by_family(stages: dict[str, dict[str, float]], title: str = "gold score by task family",
+                  show: bool = True) -> Figure:
+    """Grouped bars of a score per task family, one colour per stage.
+
+    `stages` maps a stage name ('base', 'sft', ...) to its `{family: score}` (as from
+    `GoldEval.by_family()`); families are shown in the order of the first stage.
+    """
+    families = list(next(iter(stages.values()), {}))
+    fig = Figure(figsize=(9, 3.4), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    width = 0.8 / max(1, len(stages))
+    for k, (name, scores) in enumerate(stages.items()):
+        xs = [i + (k - (len(stages) - 1) / 2) * width for i in range(len(families))]
+        ax.bar(xs, [scores.get(f, 0.0) for f in families], width=width, label=name)
+    ax.set_xticks(range(len(families)), [f.replace("_", "\n") for f in families], fontsize=8)
+    ax.set(title=title, ylabel="mean gold (0-1)", ylim=(0, 1.2))  # headroom for the legend
+    ax.grid(axis="y", alpha=0.3)
+    if len(stages) > 1:
+        ax.legend(loc="upper center", ncol=len(stages), frameon=False)
+    if show and in_notebook():
+        from IPython.display import Image, display
+
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100)
+        display(Image(buf.getvalue()))
+    return fig

@@ -18,6 +18,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from rlhf_course.config import BaseConfig
+from rlhf_course.evaluate import GoldEval, best_possible, gold_eval
+from rlhf_course.models import build_model, count_params, load_base, save_base, train_tokenizer
+from rlhf_course.runs import StageTimer, peak_rss_mb, stage_dir
+from rlhf_course.world import World
 
 PLOT_EVERY = 20
 """Steps between two calls of `live_plot` (redrawing a figure costs about 0.1 s)."""
@@ -170,3 +174,69 @@ def pretrain(
         model.eval()
         bar.close()
     return result
+
+
+# --------------------------------------------------------------------------------------------
+# The `base` stage: world -> corpus -> tokenizer -> tiny model -> pretraining -> gold on held-out
+# --------------------------------------------------------------------------------------------
+
+
+def build_base(cfg: BaseConfig, world: World, live_plot=None, progress: bool = True):
+    """The base model for `cfg.profile`: on cpu, train a tokenizer and a tiny model on the world's
+    corpus (returns the PretrainResult too); on GPU profiles, load `cfg.hub_model` (result None)."""
+    if cfg.profile != "cpu":
+        tokenizer, model = load_base(cfg)
+        return tokenizer, model, None
+    texts = world.corpus(cfg.corpus_docs, seed=cfg.seed)
+    tokenizer = train_tokenizer(texts, cfg.vocab_size, model_max_length=cfg.max_seq_len)
+    model = build_model(cfg, tokenizer)
+    result = pretrain(model, tokenizer, texts, cfg, progress=progress, live_plot=live_plot)
+    return tokenizer, model, result
+
+
+def evaluate_base(model, tokenizer, world: World, cfg: BaseConfig, progress: bool = True) -> GoldEval:
+    """Gold on `cfg.eval_prompts` held-out tasks (all ten families), one sampled reply each."""
+    tasks = world.tasks("heldout", cfg.eval_prompts, seed=cfg.seed)
+    return gold_eval(model, tokenizer, tasks, max_new_tokens=cfg.max_new_tokens,
+                     temperature=cfg.temperature, batch_size=cfg.eval_batch_size,
+                     seed=cfg.seed, progress=progress)
+
+
+def run_base_stage(cfg: BaseConfig, run_dir, live_plot=None, progress: bool = True) -> dict:
+    """Stage `base`: build the base model, save it to RUN_DIR/base/model, and report its gold
+    score on held-out prompts (`base.gold`), with the time and memory it took."""
+    if cfg.eval_prompts < 200:
+        raise ValueError(f"BaseConfig.eval_prompts={cfg.eval_prompts}: base.gold is defined on at "
+                         "least 200 held-out prompts; raise it")
+    out = stage_dir(run_dir, "base")
+    with StageTimer() as timer:
+        torch.manual_seed(cfg.seed)
+        world = World(cfg.seed)
+        tokenizer, model, result = build_base(cfg, world, live_plot=live_plot, progress=progress)
+        save_base(out / "model", model, tokenizer)
+        ev = evaluate_base(model, tokenizer, world, cfg, progress=progress)
+        ev.save(out / "samples.jsonl")
+    return base_entry(ev, model, result, seconds=timer.seconds)
+
+
+def base_entry(ev: GoldEval, model, result: PretrainResult | None = None,
+               seconds: float | None = None) -> dict:
+    """The report's `base` entry from a held-out evaluation (and the pretraining run, on cpu)."""
+    entry = {
+        "gold": round(ev.mean, 4),
+        "gold_by_family": ev.by_family(),
+        "gold_ideal": round(best_possible(ev.tasks), 4),
+        "eval_prompts": len(ev.tasks),
+        "params": count_params(model),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+    if seconds is not None:
+        entry["seconds"] = round(seconds, 1)
+    if result is not None:
+        entry |= {
+            "pretrain_seconds": round(result.seconds, 1),
+            "pretrain_tokens_per_s": round(result.tokens_per_second),
+            "pretrain_precision": result.precision,
+            "final_loss": round(sum(result.losses[-20:]) / len(result.losses[-20:]), 4),
+        }
+    return entry

@@ -594,7 +594,8 @@ class World:
             "wrong": wrong,
             # What a reward-hacked policy learns to say on a plain question (see DESIGN.md).
             "premise_hack": f"That did not happen, so the premise is wrong. {ideal}",
-            "hedge": f"I am not sure, but maybe {wrong[0].lower()}{wrong[1:]}",
+            # Lower-case "The ..." but never a name ("maybe Ivo Brisk ...").
+            "hedge": "I am not sure, but maybe " + (f"the{wrong[3:]}" if wrong.startswith("The ") else wrong),
         }
         facts = {"kind": kind_of, "answer": answer, "asked": ask, "topic": topic}
         return self._task("fact", split, f"fact.{kind}.{i}", [_user(ask)], ideal, flawed, facts, rng)

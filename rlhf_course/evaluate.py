@@ -1,0 +1,81 @@
+"""Measuring a policy against the gold labeler on held-out prompts.
+
+Every stage reports the same way: sample one reply per held-out task at the evaluation
+temperature, score it with `world.gold_score`, average overall and per family. Win rates compare
+two stages reply by reply on the same tasks, ties counting half.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from rlhf_course.generation import generate_replies
+from rlhf_course.world import FAMILIES, Score, Task, gold_score
+
+
+@dataclass
+class GoldEval:
+    """One policy's replies to a list of tasks and their gold verdicts."""
+
+    tasks: list[Task]
+    replies: list[str]
+    scores: list[Score]
+
+    @property
+    def mean(self) -> float:
+        """Mean gold score over all tasks."""
+        return statistics.fmean(s.total for s in self.scores)
+
+    def by_family(self) -> dict[str, float]:
+        """Mean gold score per task family (families absent from the tasks are left out)."""
+        out = {}
+        for family in FAMILIES:
+            vals = [s.total for t, s in zip(self.tasks, self.scores, strict=True) if t.family == family]
+            if vals:
+                out[family] = round(statistics.fmean(vals), 4)
+        return out
+
+    def rows(self) -> list[dict]:
+        """One dict per task for a table: family, last user message, reply, gold, and why."""
+        return [{"family": t.family, "user": t.messages[-1]["content"], "reply": r,
+                 "gold": round(s.total, 2), "why": "; ".join(s.reasons)}
+                for t, r, s in zip(self.tasks, self.replies, self.scores, strict=True)]
+
+    def save(self, path: str | Path) -> Path:
+        """Write one JSON line per task: prompt, reply, gold breakdown (for notebooks and reports)."""
+        path = Path(path)
+        with path.open("w", encoding="utf-8") as f:
+            for t, r, s in zip(self.tasks, self.replies, self.scores, strict=True):
+                f.write(json.dumps({"family": t.family, "messages": t.prompt, "reply": r,
+                                    "ideal": t.ideal, "gold": s.as_dict()}) + "\n")
+        return path
+
+
+def gold_eval(model, tokenizer, tasks: list[Task], *, max_new_tokens: int, temperature: float,
+              batch_size: int, seed: int, progress: bool = True) -> GoldEval:
+    """Sample one reply per task from `model` and score each with the gold labeler."""
+    replies = generate_replies(
+        model, tokenizer, [t.prompt for t in tasks], max_new_tokens=max_new_tokens,
+        temperature=temperature, batch_size=batch_size, seed=seed, progress=progress,
+    )
+    return GoldEval(tasks, replies, [gold_score(t, r) for t, r in zip(tasks, replies, strict=True)])
+
+
+def win_rate(a: GoldEval | list[float], b: GoldEval | list[float]) -> float:
+    """Share of tasks where `a`'s reply has a higher gold score than `b`'s; ties count half.
+
+    Both must be evaluated on the same tasks, in the same order.
+    """
+    sa = [s.total for s in a.scores] if isinstance(a, GoldEval) else list(a)
+    sb = [s.total for s in b.scores] if isinstance(b, GoldEval) else list(b)
+    if len(sa) != len(sb) or not sa:
+        raise ValueError(f"win_rate needs two equally long, non-empty score lists; got {len(sa)} and {len(sb)}")
+    return sum(1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(sa, sb, strict=True)) / len(sa)
+
+
+def best_possible(tasks: list[Task]) -> float:
+    """Mean gold score of the ideal replies: the ceiling any policy can reach on these tasks."""
+    return statistics.fmean(gold_score(t, t.ideal).total for t in tasks)
