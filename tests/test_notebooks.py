@@ -1,0 +1,67 @@
+"""Tier 3: every notebook runs under papermill with cpu parameters, and its recorded metrics hold.
+
+Notebooks record their key metrics with `rlhf_course.runs.record_metrics`; these tests read them
+back. The executed copies land in the test's temporary folder (build products, never committed).
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rlhf_course.runs import read_metrics
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+TESTED = ["00_welcome.ipynb", "01_base_model.ipynb"]
+
+
+def _execute(name: str, run_dir: Path, tmp_path: Path, **params) -> dict:
+    import papermill
+
+    papermill.execute_notebook(
+        str(NOTEBOOKS / name), str(tmp_path / name),
+        parameters={"profile": "cpu", "seed": 0, "run_dir": str(run_dir), **params},
+        kernel_name="python3", cwd=str(tmp_path), progress_bar=False,
+    )
+    return read_metrics(run_dir, name.removesuffix(".ipynb"))
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """One run folder shared by the notebooks of this module, as a learner's would be."""
+    return tmp_path_factory.mktemp("course_run")
+
+
+@pytest.mark.slow
+def test_00_welcome(run_dir, tmp_path):
+    m = _execute("00_welcome.ipynb", run_dir, tmp_path)
+    assert m["profile"] == "cpu"
+    assert m["families"] == 10
+    assert m["ideal_gold"] == 1.0
+    assert 0.68 <= m["annotator_agreement"] <= 0.78
+
+
+@pytest.mark.slow
+def test_01_base_model(run_dir, tmp_path):
+    m = _execute("01_base_model.ipynb", run_dir, tmp_path)
+    assert m["eval_prompts"] >= 200
+    assert m["gold_ideal"] == 1.0
+    # A raw language model: well below what the ideal replies reach, with room for SFT.
+    assert 0.0 <= m["gold"] <= 0.35
+    assert m["params"] > 1_000_000
+    assert m["final_loss"] < 1.0, "pretraining should fit the corpus well"
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["base"]["gold"] == m["gold"]
+    assert (run_dir / "base" / "model" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.name)
+def test_notebook_is_clean_thin_and_tested(path):
+    nb = json.loads(path.read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert not any(c.get("outputs") or c.get("execution_count") for c in code), "commit without outputs"
+    assert nb["metadata"]["kernelspec"]["name"] == "python3"
+    tagged = [c for c in code if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1, "exactly one cell tagged 'parameters' (papermill injects after it)"
+    assert "profile" in "".join(tagged[0]["source"])
+    assert path.name in TESTED, f"{path.name} has no papermill test in this module"
