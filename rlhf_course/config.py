@@ -80,6 +80,9 @@ class BaseConfig(_Preset):
     """Linear warm-up steps."""
     weight_decay: float = 0.1
     """AdamW weight decay on matrices (not on norms)."""
+    autocast: str = "auto"
+    """Pretraining precision: 'auto' = bf16 autocast where the chip multiplies bf16 natively
+    (about 2.4x faster on such CPUs), else fp32; 'bf16' forces it; 'off' keeps fp32."""
 
     # --- hub model (t4 / a100 track) ---
     hub_model: str = ""

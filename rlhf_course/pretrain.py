@@ -121,7 +121,9 @@ def pretrain(
     device = next(model.parameters()).device
     blocks = pack_documents(tokenizer, texts, cfg.block_size).to(device)
     gen = torch.Generator().manual_seed(cfg.seed)
-    use_bf16 = bf16_is_fast(device)
+    if cfg.autocast not in ("auto", "bf16", "off"):
+        raise ValueError(f"BaseConfig.autocast={cfg.autocast!r}: use 'auto', 'bf16' or 'off'")
+    use_bf16 = cfg.autocast == "bf16" or (cfg.autocast == "auto" and bf16_is_fast(device))
     optimizer = make_optimizer(model, cfg)
 
     # Training never reuses keys/values, so building a cache would be wasted work. With bf16

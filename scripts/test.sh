@@ -9,4 +9,9 @@ export MPLBACKEND=agg
 # Temporary files inside the repo (.tmp/ is git-ignored): run folders stay inspectable after a
 # failure, and machines with a small or shared /tmp are not a problem.
 mkdir -p .tmp
+# With no arguments: the test suite plus every notebook as committed (nbval, default parameters,
+# as a learner runs it). With arguments: exactly what was asked for.
+if [ "$#" -eq 0 ]; then
+  set -- tests notebooks --nbval-lax
+fi
 exec .venv/bin/python -m pytest --basetemp=.tmp/pytest "$@"

@@ -71,3 +71,14 @@ def test_corrupt_base_model_folder_is_a_clear_error(tmp_path):
     with pytest.raises(Exception) as err:
         load_base("cpu", path=folder)
     assert str(folder) in str(err.value)
+
+
+def test_unknown_autocast_is_a_clear_error():
+    from rlhf_course.models import build_model, train_tokenizer
+    from rlhf_course.pretrain import pretrain
+
+    cfg = BaseConfig.preset("cpu", **TINY, autocast="fp16")
+    texts = ["Mara Voss was born in 1701. " * 40] * 5
+    tokenizer = train_tokenizer(texts, 300)
+    with pytest.raises(ValueError, match="autocast"):
+        pretrain(build_model(cfg, tokenizer), tokenizer, texts, cfg, progress=False)
