@@ -5,6 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from _corpus import synthetic_corpus
 
 from rlhf_course.config import BaseConfig
 from rlhf_course.generation import generate_replies, sample_tokens
@@ -14,19 +15,6 @@ from rlhf_course.pretrain import pretrain
 NAMES = ["Ada Lovelace", "Alan Turing", "Grace Hopper", "Nikola Tesla", "Marie Curie"]
 
 
-def synthetic_corpus(n: int = 600, seed: int = 0) -> list[str]:
-    """Chat threads about birth years, plus encyclopedia sentences, so a tiny model learns to stop."""
-    rng = random.Random(seed)
-    docs = []
-    for i in range(n):
-        name, year = rng.choice(NAMES), rng.randint(1500, 1990)
-        if i % 2 == 0:
-            docs.append(f"<|user|>\nWhen was {name} born?<|end|>\n<|assistant|>\n{name} was born in {year}.<|end|>\n")
-        else:
-            docs.append(f"{name} (born {year}) was a {rng.choice(['poet', 'chemist'])}. In {year + 20} they moved.")
-    return docs
-
-
 def ask(name: str) -> list[dict]:
     return [{"role": "user", "content": f"When was {name} born?"}]
 
@@ -34,7 +22,7 @@ def ask(name: str) -> list[dict]:
 @pytest.fixture(scope="module")
 def trained():
     """A 2-layer model pretrained for ~2 s: it answers in the corpus' format and ends its turn."""
-    corpus = synthetic_corpus()
+    corpus = synthetic_corpus(600, chat_every=2, names=NAMES)
     tokenizer = train_tokenizer(corpus, vocab_size=320, model_max_length=128)
     cfg = BaseConfig.preset(
         "cpu", d_model=64, n_layers=2, n_heads=2, d_ff=192, max_seq_len=128,

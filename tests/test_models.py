@@ -1,10 +1,10 @@
 """Tokenizer, chat template, tiny model, and loading a base model (cpu folder and hub path, offline)."""
 
 import json
-import random
 
 import pytest
 import torch
+from _corpus import synthetic_corpus
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -20,25 +20,6 @@ from rlhf_course.models import (
     save_base,
     train_tokenizer,
 )
-
-NAMES = ["Ada Lovelace", "Alan Turing", "Émile Zola", "Grace Hopper", "Nikola Tesla", "Li Bai"]
-JOBS = ["poet", "engineer", "chemist", "sailor"]
-
-
-def synthetic_corpus(n: int = 300, seed: int = 0) -> list[str]:
-    """Encyclopedia-like sentences with names and years, and some chat-formatted threads."""
-    rng = random.Random(seed)
-    docs = []
-    for i in range(n):
-        name, year = rng.choice(NAMES), rng.randint(1500, 1990)
-        if i % 3 == 0:
-            docs.append(
-                f"<|user|>\nWhen was {name} born?<|end|>\n<|assistant|>\n{name} was born in {year}.<|end|>\n"
-            )
-        else:
-            docs.append(f"{name} (born {year}) was a {rng.choice(JOBS)}. In {year + 20} they moved.")
-    return docs
-
 
 TINY = dict(d_model=64, n_layers=1, n_heads=2, d_ff=128, max_seq_len=128, vocab_size=300)
 

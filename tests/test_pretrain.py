@@ -1,31 +1,16 @@
 """Pretraining: packing, schedule, optimizer groups, determinism, learning; and the live plot."""
 
 import math
-import random
 
 import pytest
 import torch
+from _corpus import synthetic_corpus
 
 import rlhf_course.pretrain as pretrain_module
 from rlhf_course.config import BaseConfig
 from rlhf_course.models import build_model, train_tokenizer
 from rlhf_course.plots import LiveLossPlot
 from rlhf_course.pretrain import PretrainResult, lr_at, make_optimizer, pack_documents, pretrain
-
-
-def synthetic_corpus(n: int = 400, seed: int = 0) -> list[str]:
-    """Names, years and chat-formatted threads: enough structure for the loss to fall fast."""
-    rng = random.Random(seed)
-    names = ["Ada Lovelace", "Alan Turing", "Émile Zola", "Grace Hopper", "Nikola Tesla"]
-    docs = []
-    for i in range(n):
-        name, year = rng.choice(names), rng.randint(1500, 1990)
-        if i % 3 == 0:
-            docs.append(f"<|user|>\nWhen was {name} born?<|end|>\n<|assistant|>\n{name} was born in {year}.<|end|>\n")
-        else:
-            docs.append(f"{name} (born {year}) was a {rng.choice(['poet', 'chemist'])}. In {year + 20} they moved.")
-    return docs
-
 
 TINY = dict(
     d_model=64, n_layers=1, n_heads=2, d_ff=128, max_seq_len=64, vocab_size=300,
@@ -35,7 +20,7 @@ TINY = dict(
 
 @pytest.fixture(scope="module")
 def corpus():
-    return synthetic_corpus()
+    return synthetic_corpus(400, names=["Ada Lovelace", "Alan Turing", "Émile Zola", "Grace Hopper", "Nikola Tesla"])
 
 
 @pytest.fixture(scope="module")
