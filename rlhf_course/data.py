@@ -15,6 +15,8 @@ What it simplifies relative to InstructGPT/ChatGPT:
   but clearly short of the gold ideal, which leaves work for the reward model and PPO. A learner
   can replace or extend them with demonstrations typed in the widget (`append_demonstration`).
 - **The instruction set** is single-turn prompts from the same world, not 13k customer prompts.
+- **Hub datasets** (Dolly, no_robots, OpenAssistant) go through small pure converters, so a GPU
+  user trains on real people's demonstrations with the same code.
 
 Files are JSON Lines. Appends are flushed and fsynced before returning (a dead kernel must not
 lose a submitted demonstration); whole-file writes are atomic (temporary file, then os.replace).
@@ -28,7 +30,8 @@ import math
 import os
 import random
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -496,3 +499,198 @@ def to_hf_dataset(records: Iterable[Mapping[str, Any]], columns: Sequence[str] =
         features.update({c: datasets.Value("string") for c in columns})
         return datasets.Dataset.from_dict({k: [] for k in features}, features=datasets.Features(features))
     return datasets.Dataset.from_list(rows)
+
+
+# --------------------------------------------------------------------------------------------
+# Hub datasets: Dolly, messages-style (no_robots), OpenAssistant trees
+# --------------------------------------------------------------------------------------------
+
+
+def convert_dolly(record: Mapping[str, Any], skipped: Counter | None = None) -> dict[str, Any] | None:
+    """One `databricks/databricks-dolly-15k` record (`instruction`, `context`, `response`,
+    `category`) as `{"messages": [user, assistant]}`, or None (counted in `skipped`).
+
+    A non-empty `context` (the passage for closed QA, summarisation, extraction) goes into the
+    user turn after the instruction, separated by a blank line. Whitespace is trimmed.
+    """
+    instruction = _clean_text(record.get("instruction"))
+    context = _clean_text(record.get("context"))
+    response = _clean_text(record.get("response"))
+    if not instruction:
+        return _skip(skipped, "empty instruction")
+    if not response:
+        return _skip(skipped, "empty response")
+    user = f"{instruction}\n\n{context}" if context else instruction
+    return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": response}]}
+
+
+def convert_messages(record: Mapping[str, Any], skipped: Counter | None = None) -> dict[str, Any] | None:
+    """One messages-style record (`HuggingFaceH4/no_robots`: `prompt`, `prompt_id`, `messages`,
+    `category`) as `{"messages": [...]}`, or None (counted in `skipped`) if it breaks the format.
+
+    A leading system message stays. The conversation must end on the assistant's reply.
+    """
+    messages = record.get("messages")
+    if isinstance(messages, list):
+        messages = [{**m, "content": _clean_text(m.get("content"))} if isinstance(m, Mapping) else m
+                    for m in messages]
+    try:
+        return {"messages": validate_conversation(messages)}
+    except ConversationError as err:
+        return _skip(skipped, err.reason)
+
+
+def flatten_oasst(rows: Iterable[Mapping[str, Any]], lang: str = "en",
+                  skipped: Counter | None = None) -> list[dict[str, Any]]:
+    """Turn `OpenAssistant/oasst1` rows (one message per row, linked by `parent_id`) into
+    conversations, `[{"messages": [...]}, ...]`.
+
+    Each tree is rebuilt from its root (the prompter message with a null `parent_id`). Messages
+    that are deleted, not in `lang` (None for every language), or failed review are dropped with
+    everything below them. The walk branches at every prompter follow-up, but at each assistant
+    branch (several replies to one prompt) it follows only the best-ranked reply: `rank` 0 is the
+    reply the OASST volunteers ranked best, null ranks (unranked) come last, ties keep file order.
+    This keeps one good reply per prompt, the choice the OASST authors made for their SFT data,
+    instead of training on replies people ranked worse. One conversation is returned per
+    assistant message that ends a path (no follow-up of it got a reply), so no conversation is a
+    prefix of another.
+    """
+    rows = list(rows)
+    by_id: dict[str, Mapping[str, Any]] = {}
+    children: dict[str, list[str]] = {}
+    order: dict[str, int] = {}
+    for i, row in enumerate(rows):
+        mid = row.get("message_id")
+        if mid is None:
+            _skip(skipped, "row without message_id")
+            continue
+        by_id[mid], order[mid] = row, i
+    for mid, row in by_id.items():
+        parent = row.get("parent_id")
+        if parent is not None:
+            if parent in by_id:
+                children.setdefault(parent, []).append(mid)
+            else:
+                _skip(skipped, "parent message missing")
+
+    def usable(mid: str) -> bool:
+        row = by_id[mid]
+        reason = ("deleted" if row.get("deleted") else
+                  f"language not {lang}" if lang is not None and row.get("lang") != lang else
+                  "failed review" if row.get("review_result") is False else
+                  "empty text" if not _clean_text(row.get("text")) else
+                  "unknown role" if row.get("role") not in ("prompter", "assistant") else None)
+        if reason:  # counted once per dropped subtree, at its top message
+            _skip(skipped, reason)
+        return reason is None
+
+    def rank_key(mid: str) -> tuple[int, float, int]:
+        rank = by_id[mid].get("rank")
+        return (rank is None, rank if rank is not None else 0, order[mid])
+
+    out: list[dict[str, Any]] = []
+
+    def walk(mid: str, path: list[dict[str, str]]) -> None:
+        # Recursion depth is the conversation's length (a few dozen turns at most). Replies are
+        # only taken from a prompter's assistant children and vice versa, so roles alternate.
+        row = by_id[mid]
+        role = "user" if row["role"] == "prompter" else "assistant"
+        path = [*path, {"role": role, "content": _clean_text(row["text"])}]
+        kids = [c for c in children.get(mid, []) if usable(c)]
+        if role == "user":
+            replies = [c for c in kids if by_id[c]["role"] == "assistant"]
+            if not replies:
+                if len(path) == 1:
+                    _skip(skipped, "prompt without a usable reply")
+                return
+            walk(min(replies, key=rank_key), path)
+            return
+        before = len(out)
+        for c in sorted(kids, key=lambda c: order[c]):
+            if by_id[c]["role"] == "prompter":
+                walk(c, path)
+        if len(out) == before:  # no follow-up led to another reply: this path ends here
+            out.append({"messages": path})
+
+    roots = [mid for mid, row in by_id.items() if row.get("parent_id") is None]
+    for root in sorted(roots, key=lambda m: order[m]):
+        if by_id[root].get("role") != "prompter":
+            _skip(skipped, "tree root is not a prompter message")
+        elif usable(root):
+            walk(root, [])
+    return out
+
+
+def _clean_text(value: Any) -> str:
+    # Hub text has Windows line ends, trailing spaces and blank padding; none of it is content.
+    if not isinstance(value, str):
+        return ""
+    return value.replace("\r\n", "\n").replace("\r", "\n").strip()
+
+
+def _skip(skipped: Counter | None, reason: str) -> None:
+    if skipped is not None:
+        skipped[reason] += 1
+    return None
+
+
+HUB_KINDS: dict[str, tuple[str, Callable[..., Any]]] = {
+    "dolly": ("databricks/databricks-dolly-15k", convert_dolly),
+    "messages": ("HuggingFaceH4/no_robots", convert_messages),
+    "oasst": ("OpenAssistant/oasst1", flatten_oasst),
+}
+"""kind -> (the hub dataset it was written for, its converter)."""
+_KIND_COLUMNS = {"oasst": {"message_id", "parent_id", "role", "text"},
+                 "dolly": {"instruction", "response"}, "messages": {"messages"}}
+_LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+def load_hub_dataset(name_or_path: str | os.PathLike, kind: str | None = None, split: str = "train",
+                     lang: str = "en", skipped: Counter | None = None,
+                     cache_dir: str | os.PathLike | None = None):
+    """Load an SFT dataset with `datasets.load_dataset` and convert it to a `messages` Dataset.
+
+    `name_or_path` is a hub id (needs internet, e.g. "databricks/databricks-dolly-15k") or a
+    local JSON/JSONL/parquet/CSV file or a folder of them (works offline; a single file's rows
+    become `split`). `kind` is "dolly", "messages" (no_robots and other messages-style sets) or
+    "oasst"; None infers it from the columns. `lang` filters OpenAssistant messages. Skipped
+    records are counted by reason into `skipped` if given; `cache_dir` overrides where `datasets`
+    caches its Arrow files (default ~/.cache/huggingface/datasets). Returns a `datasets.Dataset` with one
+    column, `messages`, which TRL's SFTTrainer takes as is.
+    """
+    import datasets  # deferred: importing datasets costs a second, most callers never need it
+
+    path = Path(name_or_path)
+    cache = str(cache_dir) if cache_dir is not None else None
+    if path.is_file():
+        fmt = _LOCAL_FORMATS.get(path.suffix.lower())
+        if fmt is None:
+            raise ValueError(f"load_hub_dataset: {path} has suffix {path.suffix!r}; use one of "
+                             f"{', '.join(_LOCAL_FORMATS)}")
+        raw = datasets.load_dataset(fmt, data_files={split: str(path)}, split=split, cache_dir=cache)
+    elif path.is_dir():
+        raw = datasets.load_dataset(str(path), split=split, cache_dir=cache)
+    elif str(name_or_path).startswith((".", "/", "~")) or path.suffix.lower() in _LOCAL_FORMATS:
+        raise FileNotFoundError(f"load_hub_dataset: no file or folder {name_or_path}; check the path "
+                                "(hub ids look like 'databricks/databricks-dolly-15k')")
+    else:
+        raw = datasets.load_dataset(str(name_or_path), split=split, cache_dir=cache)
+
+    columns = set(raw.column_names)
+    if kind is None:
+        kind = next((k for k, cols in _KIND_COLUMNS.items() if cols <= columns), None)
+        if kind is None:
+            raise ValueError(f"load_hub_dataset: cannot tell the kind of {name_or_path} from its "
+                             f"columns {sorted(columns)}; pass kind= one of {', '.join(HUB_KINDS)}")
+    if kind not in HUB_KINDS:
+        raise ValueError(f"load_hub_dataset: unknown kind {kind!r}; use one of {', '.join(HUB_KINDS)}")
+    missing = _KIND_COLUMNS[kind] - columns
+    if missing:
+        raise ValueError(f"load_hub_dataset: {name_or_path} lacks the column(s) {sorted(missing)} "
+                         f"that kind {kind!r} needs (it has {sorted(columns)}); is kind right?")
+    convert = HUB_KINDS[kind][1]
+    if kind == "oasst":
+        records = flatten_oasst(raw, lang=lang, skipped=skipped)
+    else:
+        records = [r for r in (convert(row, skipped) for row in raw) if r is not None]
+    return to_hf_dataset(records, columns=())

@@ -1,9 +1,10 @@
 """Demonstration data: JSON Lines that never lose a record, conversation checks, simulated
-trainers, the instruction set and the mix."""
+trainers, the instruction set and the mix, and the hub converters on local fixtures."""
 
 import json
 import os
 from collections import Counter, defaultdict
+from pathlib import Path
 
 import pytest
 
@@ -13,9 +14,13 @@ from rlhf_course.data import (
     SimulatedTrainers,
     append_demonstration,
     append_jsonl,
+    convert_dolly,
+    convert_messages,
+    flatten_oasst,
     instruction_set,
     instruction_to_messages,
     load_demonstrations,
+    load_hub_dataset,
     mix,
     read_jsonl,
     to_hf_dataset,
@@ -23,6 +28,8 @@ from rlhf_course.data import (
     write_jsonl,
 )
 from rlhf_course.world import FAMILIES, World, gold_score
+
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def user(text):
@@ -340,3 +347,87 @@ def test_public_api_is_documented():
                   if isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr)
                   and isinstance(after.value, ast.Constant)}
     assert {f.name for f in dataclasses.fields(SimulatedTrainers)} <= documented
+
+
+# --- hub converters on local fixtures in each hub's schema ---
+
+
+def test_convert_dolly():
+    rows = read_jsonl(FIXTURES / "dolly.jsonl")
+    skipped = Counter()
+    out = [convert_dolly(r, skipped) for r in rows]
+    assert out[0]["messages"][0]["content"] == (
+        "When did Virgin Australia start operating?\n\n" + rows[0]["context"])
+    assert out[1]["messages"] == [user("Which is a species of fish? Tope or Rope"), assistant("Tope")]
+    # Odd whitespace: trimmed, Windows line ends gone, a blank context means no context.
+    assert out[2]["messages"][0]["content"] == "Why can camels survive for long without water?"
+    assert out[2]["messages"][1]["content"].endswith("long periods of time.")
+    assert out[3]["messages"][0]["content"] == (
+        "Summarize the passage in one sentence.\n\n"
+        "The rain gauge measures how much rain has fallen.\nFarmers read it every morning.")
+    assert out[4] is None and skipped == {"empty response": 1}
+
+
+def test_convert_messages():
+    rows = read_jsonl(FIXTURES / "no_robots.jsonl")
+    skipped = Counter()
+    out = [convert_messages(r, skipped) for r in rows]
+    assert out[0]["messages"] == [user(rows[0]["prompt"]), assistant(rows[0]["messages"][1]["content"])]
+    assert out[1]["messages"][0] == {"role": "system", "content": rows[1]["messages"][0]["content"]}
+    assert [m["role"] for m in out[1]["messages"]] == ["system", "user", "assistant", "user", "assistant"]
+    assert out[1]["messages"][3]["content"] == "And of Italy?"
+    assert out[1]["messages"][4]["content"] == "Rome. Try a map next time."
+    assert out[2] is None and out[3] is None
+    assert skipped == {"ends on a user turn": 1, "roles do not alternate": 1}
+
+
+def test_flatten_oasst_follows_the_best_reply_and_branches_on_follow_ups():
+    rows = read_jsonl(FIXTURES / "oasst1.jsonl")
+    skipped = Counter()
+    convs = [[m["content"] for m in c["messages"]] for c in flatten_oasst(rows, skipped=skipped)]
+    assert convs == [
+        ["What is a good name for a cat?", "Try Miso: short, warm and easy to call.", "Why Miso?",
+         "Because it is soft and short, like a cat's meow."],
+        ["What is a good name for a cat?", "Try Miso: short, warm and easy to call.", "And for a dog?",
+         "Biscuit works well for a dog."],
+        ["How do I boil an egg?", "Boil water, add the egg, wait nine minutes."],  # best two dropped
+        ["Name a prime number.", "Seven."],  # only null ranks: file order
+    ]
+    assert skipped == {"deleted": 2, "language not en": 1, "failed review": 1,
+                       "prompt without a usable reply": 1}
+    german = flatten_oasst(rows, lang="de")
+    assert [[m["content"] for m in c["messages"]] for c in german] == [["Wie spät ist es?", "Es ist Mittag."]]
+    assert len(flatten_oasst(rows, lang=None)) == 5
+
+
+@pytest.mark.parametrize("name, kind, n", [("dolly.jsonl", "dolly", 4), ("no_robots.jsonl", "messages", 2),
+                                            ("oasst1.jsonl", "oasst", 4)])
+def test_load_hub_dataset_offline(tmp_path, name, kind, n):
+    skipped = Counter()
+    cache = tmp_path / "cache"  # keep the user's ~/.cache clean
+    ds = load_hub_dataset(FIXTURES / name, kind, skipped=skipped, cache_dir=cache)
+    assert ds.column_names == ["messages"] and len(ds) == n
+    assert ds[0]["messages"][0]["role"] in ("user", "system")
+    assert skipped
+    # The kind is inferred from the columns; parquet files and folders load the same way.
+    assert load_hub_dataset(FIXTURES / name, cache_dir=cache).to_list() == ds.to_list()
+    import datasets
+
+    folder = tmp_path / "hub"
+    folder.mkdir()
+    datasets.load_dataset("json", data_files=str(FIXTURES / name), split="train",
+                          cache_dir=str(cache)).to_parquet(folder / "train-00000-of-00001.parquet")
+    parquet = folder / "train-00000-of-00001.parquet"
+    assert load_hub_dataset(parquet, kind, cache_dir=cache).to_list() == ds.to_list()
+    assert load_hub_dataset(folder, kind, cache_dir=cache).to_list() == ds.to_list()
+
+
+def test_load_hub_dataset_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no file or folder"):
+        load_hub_dataset(tmp_path / "missing.jsonl", "dolly")
+    with pytest.raises(ValueError, match=r"lacks the column\(s\) \['instruction', 'response'\]"):
+        load_hub_dataset(FIXTURES / "no_robots.jsonl", "dolly", cache_dir=tmp_path)
+    odd = tmp_path / "odd.jsonl"
+    write_jsonl(odd, [{"question": "a", "answer": "b"}])
+    with pytest.raises(ValueError, match="cannot tell the kind"):
+        load_hub_dataset(odd, cache_dir=tmp_path / "cache")
