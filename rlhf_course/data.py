@@ -335,9 +335,10 @@ class SimulatedTrainers:
         rng = random.Random(f"trainers:{world.seed}:{self.coverage_seed}")
         covered: list[str] = []
         for names in ([p.name for p in world.people], [i.name for i in world.inventions]):
-            train = [n for n in names if world.entity_split(n) == "train"]
-            k = max(1, round(self.entity_coverage * len(train)))
-            covered += rng.sample(train, k)
+            # Every entity is in the training split of some family (World.entity_split), so the
+            # trainers' blind spots are drawn from the whole cast.
+            k = max(1, round(self.entity_coverage * len(names)))
+            covered += rng.sample(names, k)
         return frozenset(covered)
 
     def write_with_tasks(self, world: World, n: int, seed: int = 0) -> list[tuple[Task, dict[str, Any]]]:
@@ -420,7 +421,8 @@ def instruction_set(world: World, n: int, seed: int = 0) -> list[dict[str, str]]
         raise ValueError(f"n = {n}: the number of instructions cannot be negative")
     rng = random.Random(f"instructions:{world.seed}:{seed}")
     kinds = (*INSTRUCTION_FAMILIES, "describe")
-    inventions = [i for i in world.inventions if world.entity_split(i.name) == "train"]
+    # "Describe the X" answers what the follow-up family asks, so it keeps to that family's split.
+    inventions = [i for i in world.inventions if world.entity_split(i.name, "followup") == "train"]
     out = []
     for k in range(n):
         kind = kinds[k % len(kinds)]

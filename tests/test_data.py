@@ -235,12 +235,13 @@ def test_long_variants_at_about_long_taste(demos):
 
 
 def test_trainers_use_only_the_train_split(world, demos):
-    heldout = {p.name for p in world.people if world.entity_split(p.name) == "heldout"}
-    heldout |= {i.name for i in world.inventions if world.entity_split(i.name) == "heldout"}
     for task, record in demos:
         assert task.split == "train"
         assert world.template_split(task.template) == "train", task.template
-        text = " ".join(m["content"] for m in record["messages"])
+        # No entity held out for this family appears in its prompts.
+        heldout = [n for n in [p.name for p in world.people] + [i.name for i in world.inventions]
+                   if world.entity_split(n, task.family) == "heldout"]
+        text = " ".join(m["content"] for m in record["messages"][:-1])
         assert not [n for n in heldout if n in text], text
 
 
@@ -248,13 +249,12 @@ def test_trainers_cover_about_70_percent_of_entities(world, demos):
     trainers = SimulatedTrainers()
     covered = trainers.covered_entities(world)
     names = [p.name for p in world.people] + [i.name for i in world.inventions]
-    train = [n for n in names if world.entity_split(n) == "train"]
-    seen = {n for _, r in demos for n in train if n in " ".join(m["content"] for m in r["messages"])}
+    seen = {n for _, r in demos for n in names if n in " ".join(m["content"] for m in r["messages"])}
     assert seen <= covered
-    assert 0.6 <= len(seen) / len(train) <= 0.8
+    assert 0.6 <= len(seen) / len(names) <= 0.8
     # Same trainers, another batch: still the same people.
     more = trainers.write(world, 500, seed=9)
-    assert {n for r in more for n in train if n in json.dumps(r)} <= covered
+    assert {n for r in more for n in names if n in json.dumps(r)} <= covered
 
 
 def test_trainer_demos_are_good_but_short_of_the_ideal(demos):
@@ -292,8 +292,10 @@ def test_instruction_set(world):
     assert len(records) == 100 and records == instruction_set(world, 100, seed=0)
     assert all(set(r) == {"prompt", "completion"} for r in records)
     assert any(r["prompt"].startswith(("Write one sentence about", "Describe the")) for r in records)
-    heldout = [p.name for p in world.people if world.entity_split(p.name) == "heldout"]
-    assert not [r for r in records if any(n in r["prompt"] + r["completion"] for n in heldout)]
+    # An instruction about an invention keeps to the follow-up family's training split.
+    heldout = [i.name for i in world.inventions if world.entity_split(i.name, "followup") == "heldout"]
+    describe = [r for r in records if r["prompt"].startswith(("Write one sentence about", "Describe the"))]
+    assert describe and not [r for r in describe if any(n in r["prompt"] for n in heldout)]
     converted = instruction_to_messages(records[0])
     assert converted == {"messages": [user(records[0]["prompt"]), assistant(records[0]["completion"])],
                          "source": "instructions"}
