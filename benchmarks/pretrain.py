@@ -24,7 +24,7 @@ def main() -> None:
 
     preset = BaseConfig.preset("cpu")
     start = time.perf_counter()
-    texts = World(preset.seed).corpus(preset.corpus_docs, seed=preset.seed)
+    texts = World(preset.seed).corpus(preset.corpus_docs, seed=preset.seed, forum_quality=preset.forum_quality)
     tokenizer = train_tokenizer(texts, preset.vocab_size, model_max_length=preset.max_seq_len)
     print(f"corpus + tokenizer: {time.perf_counter() - start:.1f} s")
 

@@ -68,6 +68,9 @@ class BaseConfig(_Preset):
     # --- pretraining (cpu track) ---
     corpus_docs: int = 12_000
     """Documents generated for the pretraining corpus (encyclopedia + forum threads)."""
+    forum_quality: float = 0.05
+    """Share of the corpus's forum replies that are ideal; the rest ramble, comply, play along or
+    continue the thread, as text from the web does. Low, so the base is a raw LM, not an assistant."""
     block_size: int = 128
     """Tokens per pretraining sequence (documents are packed end to end)."""
     batch_size: int = 32
@@ -118,4 +121,69 @@ class BaseConfig(_Preset):
             "max_new_tokens": 256,
             "eval_batch_size": 128,
         },
+    }
+
+
+@dataclass(frozen=True)
+class SFTConfig(_Preset):
+    """Stage `sft` (notebooks 02 and 03): demonstrations, then supervised fine-tuning of the base
+    model on them with TRL's SFTTrainer, the loss on assistant tokens only."""
+
+    profile: str = "cpu"
+    """Hardware profile this config was made for ('cpu', 't4', 'a100')."""
+    seed: int = 0
+    """Seeds the demonstrations, the data order and the evaluation samples."""
+
+    # --- data (notebook 02) ---
+    dialogues: int = 3000
+    """Conversations written by the simulated trainers (toy world, training split)."""
+    instruction_fraction: float = 0.25
+    """Share of the mixed dataset that comes from the instruction set turned into dialogues."""
+
+    # --- training (notebook 03) ---
+    epochs: float = 2.0
+    """Passes over the mixed dataset."""
+    batch_size: int = 32
+    """Conversations per optimizer step."""
+    lr: float = 1e-3
+    """Peak learning rate (cosine decay after a short warm-up). High: the model is tiny."""
+    warmup_ratio: float = 0.05
+    """Share of steps spent warming the learning rate up."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_length: int = 384
+    """Longest tokenized conversation; longer ones are truncated."""
+    precision: str = "auto"
+    """'auto': bf16 where the chip multiplies it natively (CPU with AVX512-BF16, A100), fp16 on a
+    T4 (no bf16 there), else fp32; or force 'fp32', 'bf16', 'fp16'."""
+    gradient_checkpointing: bool = False
+    """Recompute activations to save memory. TRL turns it on by default; it only slows a tiny
+    model, so it is off on cpu."""
+    lora: bool = False
+    """Train LoRA adapters (peft) instead of all weights: for larger models on small GPUs."""
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator (the update is scaled by alpha / r)."""
+    save_steps: int = 100
+    """Checkpoint every this many steps, so a re-run resumes after an interruption."""
+    logging_steps: int = 10
+    """Log (and redraw the live loss plot) every this many steps."""
+
+    # --- evaluation (same protocol as the base stage) ---
+    eval_prompts: int = 240
+    """Held-out prompts for `sft.gold` and the win rate against the base model (at least 200)."""
+    max_new_tokens: int = 64
+    """Longest sampled reply, in tokens."""
+    temperature: float = 0.7
+    """Sampling temperature for evaluation replies (the same as the base stage's)."""
+    eval_batch_size: int = 48
+    """Prompts per generation batch."""
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "cpu": {},
+        "t4": {"batch_size": 16, "lr": 2e-5, "epochs": 2.0, "gradient_checkpointing": True,
+               "max_length": 1024, "max_new_tokens": 128, "eval_batch_size": 64},
+        "a100": {"batch_size": 32, "lr": 1e-5, "epochs": 2.0, "max_length": 2048,
+                 "max_new_tokens": 256, "eval_batch_size": 128},
     }

@@ -189,7 +189,7 @@ def build_base(cfg: BaseConfig, world: World, live_plot=None, progress: bool = T
     if cfg.profile != "cpu":
         tokenizer, model = load_base(cfg)
         return tokenizer, model, None
-    texts = world.corpus(cfg.corpus_docs, seed=cfg.seed)
+    texts = world.corpus(cfg.corpus_docs, seed=cfg.seed, forum_quality=cfg.forum_quality)
     tokenizer = train_tokenizer(texts, cfg.vocab_size, model_max_length=cfg.max_seq_len)
     model = build_model(cfg, tokenizer)
     result = pretrain(model, tokenizer, texts, cfg, progress=progress, live_plot=live_plot)
