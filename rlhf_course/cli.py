@@ -27,11 +27,15 @@ from rlhf_course.hardware import PROFILES, detect_profile
 # `rlhf-course profile` (or a typo in --stages) does not pay for importing every stage's deps.
 STAGES: dict[str, str] = {
     "base": "rlhf_course.pretrain:run_base_stage",
+    "demos": "rlhf_course.sft:build_demonstrations",
+    "sft": "rlhf_course.sft:train_sft",
 }
 
 # Stage name -> "module:ConfigClass"; the config is built as `Cls.preset(profile, seed=...)`.
 STAGE_CONFIGS: dict[str, str] = {
     "base": "rlhf_course.config:BaseConfig",
+    "demos": "rlhf_course.config:SFTConfig",
+    "sft": "rlhf_course.config:SFTConfig",
 }
 
 # Report keys the CLI itself fills in; the summary shows the stage's own figures beside them.

@@ -79,3 +79,20 @@ def win_rate(a: GoldEval | list[float], b: GoldEval | list[float]) -> float:
 def best_possible(tasks: list[Task]) -> float:
     """Mean gold score of the ideal replies: the ceiling any policy can reach on these tasks."""
     return statistics.fmean(gold_score(t, t.ideal).total for t in tasks)
+
+
+def side_by_side(evals: dict[str, GoldEval]) -> list[dict]:
+    """Rows comparing several policies on the same tasks: the user's last message, then each
+    policy's reply and gold score (columns '<name>' and '<name> gold'), like the post's panels."""
+    first = next(iter(evals.values()))
+    for name, ev in evals.items():
+        if [t.prompt for t in ev.tasks] != [t.prompt for t in first.tasks]:
+            raise ValueError(f"side_by_side: {name!r} was evaluated on other tasks than the first")
+    rows = []
+    for i, task in enumerate(first.tasks):
+        row = {"family": task.family, "user": task.messages[-1]["content"]}
+        for name, ev in evals.items():
+            row[name] = ev.replies[i]
+            row[f"{name} gold"] = round(ev.scores[i].total, 2)
+        rows.append(row)
+    return rows

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from rlhf_course.evaluate import GoldEval, best_possible, win_rate
+from rlhf_course.evaluate import GoldEval, best_possible, side_by_side, win_rate
 from rlhf_course.world import World, gold_score
 
 
@@ -29,3 +29,14 @@ def test_gold_eval_mean_family_rows_and_save(tmp_path):
     assert len(rows) == 20 and all("stock phrase" in r["why"] for r in rows)
     lines = ideal.save(tmp_path / "s.jsonl").read_text().splitlines()
     assert len(lines) == 20 and json.loads(lines[0])["gold"]["total"] == 1.0
+
+
+def test_side_by_side_lines_up_policies_on_the_same_tasks():
+    tasks = World(0).tasks("heldout", 4, seed=2)
+    rows = side_by_side({"sft": _eval(tasks, [t.flawed["filler"] for t in tasks]),
+                         "rlhf": _eval(tasks, [t.ideal for t in tasks])})
+    assert [r["user"] for r in rows] == [t.messages[-1]["content"] for t in tasks]
+    assert all(r["rlhf gold"] > r["sft gold"] for r in rows)
+    with pytest.raises(ValueError, match="other tasks"):
+        side_by_side({"a": _eval(tasks, [t.ideal for t in tasks]),
+                      "b": _eval(tasks[::-1], [t.ideal for t in tasks[::-1]])})

@@ -1,0 +1,226 @@
+"""Stage `demos` and stage `sft`: demonstrations, then supervised fine-tuning on them.
+
+What it simplifies relative to InstructGPT/ChatGPT: the demonstrations come from simulated
+trainers in the toy world (a learner can add their own with the widget in notebook 02), the
+"InstructGPT dataset" is an instruction set generated from the same world, and the model is
+tiny. What it keeps: dialogue demonstrations mixed with instructions turned into dialogues,
+loss on the assistant's tokens only, and a held-out gold evaluation against the base model.
+
+Training uses TRL's `SFTTrainer` (TRL >= 1.0): `assistant_only_loss=True` masks everything but
+the assistant turns, which our chat template marks with `{% generation %}`.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import Counter
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
+
+from rlhf_course.config import SFTConfig
+from rlhf_course.data import (
+    SimulatedTrainers,
+    instruction_set,
+    instruction_to_messages,
+    load_demonstrations,
+    mix,
+    to_hf_dataset,
+    write_jsonl,
+)
+from rlhf_course.evaluate import GoldEval, best_possible, gold_eval, win_rate
+from rlhf_course.models import load_base, save_base
+from rlhf_course.pretrain import bf16_is_fast
+from rlhf_course.runs import StageTimer, raise_corrupt, require, stage_dir
+from rlhf_course.world import World, gold_score
+
+HUMAN_DEMOS = "human.jsonl"
+"""Conversations a learner wrote with the widget (notebook 02), in RUN_DIR/demos/."""
+SFT_DATA = "sft_data.jsonl"
+"""The mixed SFT dataset (trainer dialogues + human dialogues + instructions), in RUN_DIR/demos/."""
+
+
+# --------------------------------------------------------------------------------------------
+# Stage `demos` (notebook 02)
+# --------------------------------------------------------------------------------------------
+
+
+def build_demonstrations(cfg: SFTConfig, run_dir) -> dict:
+    """Write RUN_DIR/demos/sft_data.jsonl: simulated trainers' dialogues, any human-written ones
+    (RUN_DIR/demos/human.jsonl, kept as they are), and instructions turned into dialogues, mixed
+    so instructions make up `cfg.instruction_fraction`. Returns the stage's report entry."""
+    out = stage_dir(run_dir, "demos")
+    world = World(cfg.seed)
+    dialogues = SimulatedTrainers().write(world, cfg.dialogues, seed=cfg.seed)
+    human_path = out / HUMAN_DEMOS
+    human = load_demonstrations(human_path) if human_path.exists() else []
+    # Exactly as many instructions as make up `instruction_fraction` of the mix.
+    f = cfg.instruction_fraction
+    n_instructions = round(f * (len(dialogues) + len(human)) / (1 - f)) if f < 1 else 0
+    instructions = [instruction_to_messages(r) for r in
+                    instruction_set(world, n_instructions, seed=cfg.seed)]
+    records = mix(dialogues + human, instructions, cfg.instruction_fraction, seed=cfg.seed)
+    write_jsonl(out / SFT_DATA, records)
+    sources = Counter(r.get("source", "?") for r in records)
+    return {
+        "count": len(records),
+        "by_source": dict(sources),
+        "by_family": dict(Counter(r["family"] for r in dialogues)),
+        "trainer_gold": round(trainer_gold(world, cfg), 4),
+    }
+
+
+def trainer_gold(world: World, cfg: SFTConfig, n: int = 600) -> float:
+    """Mean gold score of the replies the simulated trainers write: the ceiling a perfect
+    imitator of them would reach, short of the ideal replies' 1.0."""
+    pairs = SimulatedTrainers().write_with_tasks(world, n, seed=cfg.seed + 1)
+    return statistics.fmean(gold_score(t, r["messages"][-1]["content"]).total for t, r in pairs)
+
+
+# --------------------------------------------------------------------------------------------
+# Stage `sft` (notebook 03)
+# --------------------------------------------------------------------------------------------
+
+
+class _LossToPlot(TrainerCallback):
+    """Hands each logged training loss to a live plot (or any `fn(step, loss)`)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.fn(state.global_step, logs["loss"])
+
+
+def trl_config(cfg: SFTConfig, output_dir: Path, device: str, progress: bool = True):
+    """TRL's SFTConfig for our stage config: precision and gradient checkpointing set per profile
+    (TRL defaults to bf16 and checkpointing on, an error and a slowdown on a CPU)."""
+    from trl import SFTConfig as TRLSFTConfig
+
+    precision = cfg.precision
+    if precision == "auto":
+        precision = ("bf16" if bf16_is_fast(device) else
+                     "fp16" if device == "cuda" else "fp32")
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"SFTConfig.precision={cfg.precision!r}: use 'auto', 'fp32', 'bf16' or 'fp16'")
+    return TRLSFTConfig(
+        output_dir=str(output_dir),
+        assistant_only_loss=True,
+        max_length=cfg.max_length,
+        num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=cfg.batch_size,
+        learning_rate=cfg.lr,
+        lr_scheduler_type="cosine",
+        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of all steps
+        weight_decay=cfg.weight_decay,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        activation_checkpointing=cfg.gradient_checkpointing,  # transformers 5 name
+        use_cpu=device == "cpu",
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=1,
+        logging_steps=cfg.logging_steps,
+        report_to="none",
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        dataloader_num_workers=0,
+        disable_tqdm=not progress,
+    )
+
+
+def lora_config(cfg: SFTConfig):
+    """peft LoRA on every linear layer of the decoder, or None when `cfg.lora` is off."""
+    if not cfg.lora:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                      target_modules="all-linear", task_type="CAUSAL_LM")
+
+
+def load_sft_data(run_dir, profile: str):
+    """The mixed dataset written by stage `demos`, as a `datasets.Dataset` with `messages`."""
+    path = require(run_dir, "demos", SFT_DATA, profile=profile)
+    try:
+        records = load_demonstrations(path)
+    except ValueError as err:
+        raise_corrupt(run_dir, "demos", SFT_DATA, err, profile=profile)
+    return to_hf_dataset([{"messages": r["messages"]} for r in records])
+
+
+def train_sft(cfg: SFTConfig, run_dir, live_plot=None, progress: bool = True) -> dict:
+    """Stage `sft`: fine-tune RUN_DIR/base/model on RUN_DIR/demos/sft_data.jsonl, save it to
+    RUN_DIR/sft/model, and report gold on held-out prompts and the win rate against the base.
+
+    Re-running after an interruption resumes from the last checkpoint in RUN_DIR/sft/checkpoints.
+    """
+    from trl import SFTTrainer
+
+    if cfg.eval_prompts < 200:
+        raise ValueError(f"SFTConfig.eval_prompts={cfg.eval_prompts}: sft.gold is defined on at "
+                         "least 200 held-out prompts; raise it")
+    out = stage_dir(run_dir, "sft")
+    base_path = require(run_dir, "base", "model", profile=cfg.profile)
+    with StageTimer() as timer:
+        dataset = load_sft_data(run_dir, cfg.profile)
+        tokenizer, model = load_base(cfg.profile, path=base_path)
+        device = "cuda" if cfg.profile != "cpu" and torch.cuda.is_available() else "cpu"
+        model.train()
+        model.config.use_cache = False  # training never reuses keys/values
+        trainer = SFTTrainer(
+            model=model,
+            args=trl_config(cfg, out / "checkpoints", device, progress),
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=lora_config(cfg),
+            callbacks=[_LossToPlot(live_plot)] if live_plot else None,
+        )
+        resume = get_last_checkpoint(str(out / "checkpoints")) if (out / "checkpoints").exists() else None
+        result = trainer.train(resume_from_checkpoint=resume)
+        model = trainer.model.merge_and_unload() if cfg.lora else trainer.model
+        model.config.use_cache = True
+        model.eval()
+        save_base(out / "model", model, tokenizer)
+        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+
+        world = World(cfg.seed)
+        tasks = world.tasks("heldout", cfg.eval_prompts, seed=cfg.seed)
+        sft_eval = _evaluate(model, tokenizer, tasks, cfg, progress)
+        sft_eval.save(out / "samples.jsonl")
+        base_eval = base_scores(run_dir, tasks, cfg, progress)
+    return {
+        "gold": round(sft_eval.mean, 4),
+        "win_rate_vs_base": round(win_rate(sft_eval, base_eval), 4),
+        "base_gold": round(statistics.fmean(base_eval), 4),
+        "gold_by_family": sft_eval.by_family(),
+        "gold_ideal": round(best_possible(tasks), 4),
+        "eval_prompts": len(tasks),
+        "train_examples": len(dataset),
+        "train_steps": int(result.global_step),
+        "resumed_from": Path(resume).name if resume else None,
+        "final_loss": round(statistics.fmean(losses[-3:]), 4) if losses else None,
+        "seconds": round(timer.seconds, 1),
+    }
+
+
+def _evaluate(model, tokenizer, tasks, cfg: SFTConfig, progress: bool) -> GoldEval:
+    return gold_eval(model, tokenizer, tasks, max_new_tokens=cfg.max_new_tokens,
+                     temperature=cfg.temperature, batch_size=cfg.eval_batch_size, seed=cfg.seed,
+                     progress=progress)
+
+
+def base_scores(run_dir, tasks, cfg: SFTConfig, progress: bool = False) -> list[float]:
+    """The base model's gold scores on `tasks`: read from RUN_DIR/base/samples.jsonl when it holds
+    exactly these prompts (the base stage's own evaluation), else sampled again from the model."""
+    path = Path(run_dir) / "base" / "samples.jsonl"
+    if path.exists():
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        if [r["messages"] for r in rows] == [t.prompt for t in tasks]:
+            return [r["gold"]["total"] for r in rows]
+    tokenizer, model = load_base(cfg.profile, path=require(run_dir, "base", "model", profile=cfg.profile))
+    return [s.total for s in _evaluate(model, tokenizer, tasks, cfg, progress).scores]
