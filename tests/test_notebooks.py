@@ -12,7 +12,7 @@ import pytest
 from rlhf_course.runs import read_metrics
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
-TESTED = ["00_welcome.ipynb", "01_base_model.ipynb"]
+TESTED = ["00_welcome.ipynb", "01_base_model.ipynb", "02_demonstrations.ipynb", "03_sft.ipynb"]
 
 
 def _execute(name: str, run_dir: Path, tmp_path: Path, **params) -> dict:
@@ -53,6 +53,35 @@ def test_01_base_model(run_dir, tmp_path):
     report = json.loads((run_dir / "report.json").read_text())
     assert report["base"]["gold"] == m["gold"]
     assert (run_dir / "base" / "model" / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_02_demonstrations(run_dir, tmp_path):
+    m = _execute("02_demonstrations.ipynb", run_dir, tmp_path)
+    assert m["count"] >= 3000
+    assert m["instructions"] > 0 and m["human"] == 0  # nobody typed in the widget headless
+    # The trainers are good but short of the ideal: the gap RLHF will close.
+    assert 0.7 <= m["trainer_gold"] <= 0.9
+
+
+@pytest.mark.slow
+def test_03_sft(run_dir, tmp_path):
+    m = _execute("03_sft.ipynb", run_dir, tmp_path)
+    base = json.loads((run_dir / "report.json").read_text())["base"]["gold"]
+    assert m["base_gold"] == base
+    # Issue 3's acceptance, on 240 held-out prompts with seed 0.
+    assert m["gold"] >= base + 0.15
+    assert m["gold"] <= 0.8 * m["gold_ideal"], "SFT should leave RLHF something to teach"
+    assert m["win_rate_vs_base"] > 0.5
+    assert (run_dir / "sft" / "model" / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="issue 3 is open: SFT wins ~0.70 of held-out prompts "
+                   "against base (ties count half), short of 0.8; most non-wins are ties where "
+                   "both models fail (summaries, arithmetic, recall of held-out combinations)")
+def test_03_sft_win_rate_reaches_issue_3_target(run_dir):
+    assert read_metrics(run_dir, "03_sft")["win_rate_vs_base"] >= 0.8
 
 
 @pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.name)
