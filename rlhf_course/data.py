@@ -24,18 +24,17 @@ lose a submitted demonstration); whole-file writes are atomic (temporary file, t
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import random
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .runs import write_text_atomic
 from .world import FAMILIES, FILLER_CLOSERS, FILLER_OPENERS, Task, World
 
 ROLES = ("system", "user", "assistant")
@@ -93,18 +92,7 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> P
     path = Path(path)
     lines = [_dumps(r, f"record {i} for {path}") for i, r in enumerate(records)]
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Same folder as the target so os.replace is a rename on one file system (atomic).
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.writelines(lines)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_text_atomic(path, "".join(lines))
     return path
 
 
