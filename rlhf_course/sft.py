@@ -13,6 +13,7 @@ the assistant turns, which our chat template marks with `{% generation %}`.
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 from collections import Counter
 from pathlib import Path
@@ -187,6 +188,9 @@ def train_sft(cfg: SFTConfig, run_dir, live_plot=None, progress: bool = True) ->
         model.eval()
         save_base(out / "model", model, tokenizer)
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        # Checkpoints exist only while a run is unfinished: a later re-run (new demonstrations,
+        # say) must train afresh, not "resume" a run that already ended.
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
 
         world = World(cfg.seed)
         tasks = world.tasks("heldout", cfg.eval_prompts, seed=cfg.seed)

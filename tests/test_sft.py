@@ -73,6 +73,10 @@ def test_demos_then_sft_report_and_resume_after_interruption(base_run, tmp_path)
     assert sft["eval_prompts"] == 200
     assert (run / "sft" / "model" / "model.safetensors").exists()
     assert len((run / "sft" / "samples.jsonl").read_text().splitlines()) == 200
+    # A finished run leaves no checkpoint behind, so the next run trains afresh.
+    assert not (run / "sft" / "checkpoints").exists()
+    again = train_sft(cfg, run, progress=False)
+    assert again["resumed_from"] is None and again["train_steps"] == 8
 
 
 @pytest.mark.slow
