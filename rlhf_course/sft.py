@@ -219,12 +219,14 @@ def _evaluate(model, tokenizer, tasks, cfg: SFTConfig, progress: bool) -> GoldEv
 
 
 def base_scores(run_dir, tasks, cfg: SFTConfig, progress: bool = False) -> list[float]:
-    """The base model's gold scores on `tasks`: read from RUN_DIR/base/samples.jsonl when it holds
-    exactly these prompts (the base stage's own evaluation), else sampled again from the model."""
+    """The base model's gold scores on `tasks`: its replies are read from
+    RUN_DIR/base/samples.jsonl when that holds exactly these prompts (the base stage's own
+    evaluation), else sampled again from the model. Replies are always scored afresh, so both
+    sides of the win rate are judged by the same gold labeler."""
     path = Path(run_dir) / "base" / "samples.jsonl"
     if path.exists():
         rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
         if [r["messages"] for r in rows] == [t.prompt for t in tasks]:
-            return [r["gold"]["total"] for r in rows]
+            return [gold_score(t, r["reply"]).total for t, r in zip(tasks, rows, strict=True)]
     tokenizer, model = load_base(cfg.profile, path=require(run_dir, "base", "model", profile=cfg.profile))
     return [s.total for s in _evaluate(model, tokenizer, tasks, cfg, progress).scores]
