@@ -64,6 +64,20 @@ def gold_eval(model, tokenizer, tasks: list[Task], *, max_new_tokens: int, tempe
     return GoldEval(tasks, replies, [gold_score(t, r) for t, r in zip(tasks, replies, strict=True)])
 
 
+def heldout_tasks(world, cfg) -> list[Task]:
+    """The held-out prompts every stage reports on: `cfg.eval_prompts` of them, seeded by
+    `cfg.seed`. One definition, so that win rates compare replies to the same prompts."""
+    return world.tasks("heldout", cfg.eval_prompts, seed=cfg.seed)
+
+
+def evaluate_policy(model, tokenizer, tasks: list[Task], cfg, progress: bool = True) -> GoldEval:
+    """`gold_eval` with a stage config's evaluation settings (max_new_tokens, temperature,
+    eval_batch_size, seed), the same protocol in every stage."""
+    return gold_eval(model, tokenizer, tasks, max_new_tokens=cfg.max_new_tokens,
+                     temperature=cfg.temperature, batch_size=cfg.eval_batch_size, seed=cfg.seed,
+                     progress=progress)
+
+
 def win_rate(a: GoldEval | list[float], b: GoldEval | list[float]) -> float:
     """Share of tasks where `a`'s reply has a higher gold score than `b`'s; ties count half.
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from rlhf_course.config import BaseConfig
-from rlhf_course.evaluate import GoldEval, best_possible, gold_eval
+from rlhf_course.evaluate import GoldEval, best_possible, evaluate_policy, heldout_tasks
 from rlhf_course.models import build_model, count_params, load_base, save_base, train_tokenizer
 from rlhf_course.runs import StageTimer, peak_rss_mb, stage_dir
 from rlhf_course.world import World
@@ -198,10 +198,7 @@ def build_base(cfg: BaseConfig, world: World, live_plot=None, progress: bool = T
 
 def evaluate_base(model, tokenizer, world: World, cfg: BaseConfig, progress: bool = True) -> GoldEval:
     """Gold on `cfg.eval_prompts` held-out tasks (all ten families), one sampled reply each."""
-    tasks = world.tasks("heldout", cfg.eval_prompts, seed=cfg.seed)
-    return gold_eval(model, tokenizer, tasks, max_new_tokens=cfg.max_new_tokens,
-                     temperature=cfg.temperature, batch_size=cfg.eval_batch_size,
-                     seed=cfg.seed, progress=progress)
+    return evaluate_policy(model, tokenizer, heldout_tasks(world, cfg), cfg, progress)
 
 
 def run_base_stage(cfg: BaseConfig, run_dir, live_plot=None, progress: bool = True) -> dict:

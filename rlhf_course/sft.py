@@ -32,7 +32,7 @@ from rlhf_course.data import (
     to_hf_dataset,
     write_jsonl,
 )
-from rlhf_course.evaluate import GoldEval, best_possible, gold_eval, win_rate
+from rlhf_course.evaluate import best_possible, evaluate_policy, heldout_tasks, win_rate
 from rlhf_course.models import load_base, save_base
 from rlhf_course.pretrain import bf16_is_fast
 from rlhf_course.runs import StageTimer, raise_corrupt, require, stage_dir
@@ -192,9 +192,8 @@ def train_sft(cfg: SFTConfig, run_dir, live_plot=None, progress: bool = True) ->
         # say) must train afresh, not "resume" a run that already ended.
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
 
-        world = World(cfg.seed)
-        tasks = world.tasks("heldout", cfg.eval_prompts, seed=cfg.seed)
-        sft_eval = _evaluate(model, tokenizer, tasks, cfg, progress)
+        tasks = heldout_tasks(World(cfg.seed), cfg)
+        sft_eval = evaluate_policy(model, tokenizer, tasks, cfg, progress)
         sft_eval.save(out / "samples.jsonl")
         base_eval = base_scores(run_dir, tasks, cfg, progress)
     return {
@@ -212,12 +211,6 @@ def train_sft(cfg: SFTConfig, run_dir, live_plot=None, progress: bool = True) ->
     }
 
 
-def _evaluate(model, tokenizer, tasks, cfg: SFTConfig, progress: bool) -> GoldEval:
-    return gold_eval(model, tokenizer, tasks, max_new_tokens=cfg.max_new_tokens,
-                     temperature=cfg.temperature, batch_size=cfg.eval_batch_size, seed=cfg.seed,
-                     progress=progress)
-
-
 def base_scores(run_dir, tasks, cfg: SFTConfig, progress: bool = False) -> list[float]:
     """The base model's gold scores on `tasks`: its replies are read from
     RUN_DIR/base/samples.jsonl when that holds exactly these prompts (the base stage's own
@@ -229,4 +222,4 @@ def base_scores(run_dir, tasks, cfg: SFTConfig, progress: bool = False) -> list[
         if [r["messages"] for r in rows] == [t.prompt for t in tasks]:
             return [gold_score(t, r["reply"]).total for t, r in zip(tasks, rows, strict=True)]
     tokenizer, model = load_base(cfg.profile, path=require(run_dir, "base", "model", profile=cfg.profile))
-    return [s.total for s in _evaluate(model, tokenizer, tasks, cfg, progress).scores]
+    return [s.total for s in evaluate_policy(model, tokenizer, tasks, cfg, progress).scores]
