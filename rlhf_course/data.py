@@ -16,7 +16,8 @@ What it simplifies relative to InstructGPT/ChatGPT:
   can replace or extend them with demonstrations typed in the widget (`append_demonstration`).
 - **The instruction set** is single-turn prompts from the same world, not 13k customer prompts.
 - **Hub datasets** (Dolly, no_robots, OpenAssistant) go through small pure converters, so a GPU
-  user trains on real people's demonstrations with the same code.
+  user trains on real people's demonstrations with the same code. Anthropic's HH-RLHF
+  comparisons convert the same way into TRL's conversational preference format (`convert_hh`).
 
 Files are JSON Lines. Appends are flushed and fsynced before returning (a dead kernel must not
 lose a submitted demonstration); whole-file writes are atomic (temporary file, then os.replace).
@@ -28,6 +29,7 @@ import json
 import math
 import os
 import random
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -611,6 +613,121 @@ def flatten_oasst(rows: Iterable[Mapping[str, Any]], lang: str = "en",
     return out
 
 
+# --------------------------------------------------------------------------------------------
+# Hub preference data: Anthropic HH-RLHF transcripts as conversational preference records
+# --------------------------------------------------------------------------------------------
+
+# A turn label counts only at the very start of the text or after a blank line, because that is
+# how HH-RLHF separates turns; "Human:" in the middle of a reply (the red-team data has replies
+# that quote the user that way) stays part of the reply. Extra blank lines or spaces around the
+# boundary are tolerated, since the label, not the exact padding, is what marks a turn.
+_HH_TURN = re.compile(r"(?:\A\s*|\n[ \t]*\n\s*)(Human|Assistant):")
+_HH_ROLES = {"Human": "user", "Assistant": "assistant"}
+
+
+def parse_hh_transcript(text: str) -> list[dict[str, str]]:
+    """Split an HH-RLHF transcript (`"\\n\\nHuman: ...\\n\\nAssistant: ..."`) into
+    `[{"role": "user" | "assistant", "content": ...}, ...]`.
+
+    A turn starts at a `Human:` or `Assistant:` label at the start of the text or after a blank
+    line; everything up to the next such label is its content, blank lines inside included, and
+    is stripped at both ends (inner spacing is kept). The leading blank line may be missing.
+    Contents can be empty (HH has records whose last reply is blank) and roles are not checked
+    for alternation: deciding what to keep is the caller's job (see `convert_hh`).
+    Raises `DataFormatError`, quoting the start of the text, if it holds no turn or does not
+    start with a Human turn.
+    """
+    if not isinstance(text, str):
+        raise DataFormatError(f"HH transcript must be a string, got {type(text).__name__}")
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    labels = list(_HH_TURN.finditer(text))
+    if not labels:
+        raise DataFormatError(
+            "HH transcript has no turns: no 'Human:' or 'Assistant:' label at its start or after "
+            f"a blank line. It starts {_quote_start(text)}"
+        )
+    first = labels[0]
+    if text[:first.start()].strip() or first.group(1) != "Human":
+        raise DataFormatError(
+            "HH transcript does not start with a Human turn (expected '\\n\\nHuman: ...' first). "
+            f"It starts {_quote_start(text)}"
+        )
+    ends = [m.start() for m in labels[1:]] + [len(text)]
+    return [{"role": _HH_ROLES[m.group(1)], "content": _clean_text(text[m.end():end])}
+            for m, end in zip(labels, ends, strict=True)]
+
+
+def convert_hh(record: Mapping[str, Any], skipped: Counter | None = None) -> dict[str, Any] | None:
+    """One `Anthropic/hh-rlhf` record (`chosen`, `rejected`: two transcripts of the same
+    conversation that differ in the last reply) in TRL's conversational preference format,
+    `{"prompt": [..., user], "chosen": [assistant], "rejected": [assistant]}`, or None (the
+    reason counted in `skipped`).
+
+    HH leaves the prompt implicit, repeated in both transcripts; here it is made explicit: the
+    turns before each transcript's final assistant reply, which must be the same in both.
+    Skipped: a transcript that does not end on an assistant turn, prompts that differ, an empty
+    reply, identical replies, and a conversation that breaks the messages rules (checked by
+    `validate_conversation`, e.g. two user turns in a row; its reason is the one counted).
+    A missing field or a non-string value raises `DataFormatError` naming the field, and so does
+    a transcript that `parse_hh_transcript` cannot read.
+    """
+    turns = {}
+    for key in ("chosen", "rejected"):
+        if key not in record:
+            raise DataFormatError(f"HH record has no {key!r} field (found {sorted(record)}): "
+                                  'expected {"chosen": "\\n\\nHuman: ...", "rejected": "\\n\\nHuman: ..."}')
+        value = record[key]
+        if not isinstance(value, str):
+            raise DataFormatError(
+                f"HH record field {key!r} is a {type(value).__name__}, not a string: convert_hh "
+                "takes the raw transcript text (data already in messages form needs no conversion)"
+            )
+        try:
+            turns[key] = parse_hh_transcript(value)
+        except DataFormatError as err:
+            raise DataFormatError(f"HH record field {key!r}: {err}") from err
+    chosen, rejected = turns["chosen"], turns["rejected"]
+    if chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
+        return _skip(skipped, "final turn is not the assistant's")
+    if chosen[:-1] != rejected[:-1]:
+        return _skip(skipped, "prompts differ")
+    if not chosen[-1]["content"] or not rejected[-1]["content"]:
+        return _skip(skipped, "empty reply")
+    if chosen[-1]["content"] == rejected[-1]["content"]:
+        # Nothing to learn from a pair with no preference in it; it would only dilute the loss.
+        return _skip(skipped, "chosen equals rejected")
+    try:
+        clean_chosen = validate_conversation(chosen, where="HH record, field 'chosen'")
+        clean_rejected = validate_conversation(rejected, where="HH record, field 'rejected'")
+    except ConversationError as err:
+        return _skip(skipped, err.reason)
+    return {"prompt": clean_chosen[:-1], "chosen": clean_chosen[-1:], "rejected": clean_rejected[-1:]}
+
+
+def _quote_start(text: str, n: int = 60) -> str:
+    return repr(text[:n]) + ("..." if len(text) > n else "")
+
+
+def to_preference_dataset(records: Iterable[Mapping[str, Any]]):
+    """A `datasets.Dataset` with columns `prompt`, `chosen`, `rejected` (lists of messages), the
+    conversational preference format TRL's reward and DPO trainers take, from records such as
+    `convert_hh` returns. An empty input still gives the three columns.
+    """
+    import datasets
+
+    rows = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in records]
+    if not rows:  # from_list([]) would build a dataset with no columns at all
+        turn = [{"role": datasets.Value("string"), "content": datasets.Value("string")}]
+        features = datasets.Features({"prompt": turn, "chosen": turn, "rejected": turn})
+        return datasets.Dataset.from_dict({k: [] for k in features}, features=features)
+    return datasets.Dataset.from_list(rows)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading hub datasets by kind
+# --------------------------------------------------------------------------------------------
+
+
 def _clean_text(value: Any) -> str:
     # Hub text has Windows line ends, trailing spaces and blank padding; none of it is content.
     if not isinstance(value, str):
@@ -628,25 +745,33 @@ HUB_KINDS: dict[str, tuple[str, Callable[..., Any]]] = {
     "dolly": ("databricks/databricks-dolly-15k", convert_dolly),
     "messages": ("HuggingFaceH4/no_robots", convert_messages),
     "oasst": ("OpenAssistant/oasst1", flatten_oasst),
+    "hh": ("Anthropic/hh-rlhf", convert_hh),
 }
 """kind -> (the hub dataset it was written for, its converter)."""
 _KIND_COLUMNS = {"oasst": {"message_id", "parent_id", "role", "text"},
-                 "dolly": {"instruction", "response"}, "messages": {"messages"}}
+                 "dolly": {"instruction", "response"}, "messages": {"messages"},
+                 "hh": {"chosen", "rejected"}}
+# Columns a kind is only inferred from when they hold strings: preference sets already in
+# conversational form also have chosen/rejected columns, but of messages, and must not pass for HH.
+_KIND_TEXT_COLUMNS = {"hh": {"chosen", "rejected"}}
+_PREFERENCE_KINDS = {"hh"}
 _LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
 def load_hub_dataset(name_or_path: str | os.PathLike, kind: str | None = None, split: str = "train",
                      lang: str = "en", skipped: Counter | None = None,
                      cache_dir: str | os.PathLike | None = None):
-    """Load an SFT dataset with `datasets.load_dataset` and convert it to a `messages` Dataset.
+    """Load an SFT or preference dataset with `datasets.load_dataset` and convert it.
 
     `name_or_path` is a hub id (needs internet, e.g. "databricks/databricks-dolly-15k") or a
     local JSON/JSONL/parquet/CSV file or a folder of them (works offline; a single file's rows
-    become `split`). `kind` is "dolly", "messages" (no_robots and other messages-style sets) or
-    "oasst"; None infers it from the columns. `lang` filters OpenAssistant messages. Skipped
+    become `split`). `kind` is "dolly", "messages" (no_robots and other messages-style sets),
+    "oasst" or "hh" (Anthropic/hh-rlhf preference pairs); None infers it from the columns (for
+    "hh", string `chosen` and `rejected` columns). `lang` filters OpenAssistant messages. Skipped
     records are counted by reason into `skipped` if given; `cache_dir` overrides where `datasets`
-    caches its Arrow files (default ~/.cache/huggingface/datasets). Returns a `datasets.Dataset` with one
-    column, `messages`, which TRL's SFTTrainer takes as is.
+    caches its Arrow files (default ~/.cache/huggingface/datasets). Returns a `datasets.Dataset`:
+    for the SFT kinds with one column, `messages`, which TRL's SFTTrainer takes as is; for "hh"
+    with columns `prompt`, `chosen` and `rejected` (see `convert_hh`, `to_preference_dataset`).
     """
     import datasets  # deferred: importing datasets costs a second, most callers never need it
 
@@ -668,7 +793,8 @@ def load_hub_dataset(name_or_path: str | os.PathLike, kind: str | None = None, s
 
     columns = set(raw.column_names)
     if kind is None:
-        kind = next((k for k, cols in _KIND_COLUMNS.items() if cols <= columns), None)
+        kind = next((k for k, cols in _KIND_COLUMNS.items()
+                     if cols <= columns and _hold_strings(raw, _KIND_TEXT_COLUMNS.get(k, ()))), None)
         if kind is None:
             raise ValueError(f"load_hub_dataset: cannot tell the kind of {name_or_path} from its "
                              f"columns {sorted(columns)}; pass kind= one of {', '.join(HUB_KINDS)}")
@@ -683,4 +809,13 @@ def load_hub_dataset(name_or_path: str | os.PathLike, kind: str | None = None, s
         records = flatten_oasst(raw, lang=lang, skipped=skipped)
     else:
         records = [r for r in (convert(row, skipped) for row in raw) if r is not None]
+    if kind in _PREFERENCE_KINDS:
+        return to_preference_dataset(records)
     return to_hf_dataset(records, columns=())
+
+
+def _hold_strings(raw: Any, columns: Iterable[str]) -> bool:
+    import datasets
+
+    return all(isinstance(raw.features[c], datasets.Value)
+               and raw.features[c].dtype in ("string", "large_string") for c in columns)
