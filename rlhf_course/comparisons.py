@@ -1,0 +1,393 @@
+"""Stage `comparisons`: rank K alternative replies, the data a reward model learns from.
+
+The ChatGPT post: "we took conversations that AI trainers had with the chatbot. We randomly
+selected a model-written message, sampled several alternative completions, and had AI trainers
+rank them." InstructGPT's labelers ranked K = 4 to 9 replies per prompt, and every ranking counts
+as all K-choose-2 of its pairs.
+
+Here a conversation is a toy-world task (from the demonstrations or a fresh chat with the
+policy); the message to replace is chosen at random among the assistant messages the gold
+labeler can judge, which in the toy world is the last one; K alternatives are sampled from the
+current policy in one batch with the KV cache; a simulated annotator (`world.Annotators`) or a
+person (the ranking widget, notebook 04) orders them best first. Each ranking is one JSON line,
+written and fsynced before anything else happens, so a dead kernel loses nothing submitted.
+
+A record:
+
+    {"id": "c-0-000012", "context": [messages ending on a user turn], "replies": [K strings],
+     "ranking": [indices of replies, best first], "ranker": "annotators(sharpness=2.0, ...)",
+     "ranked_at": "2026-11-22T10:00:00+00:00", "source": "policy" | "demonstration",
+     "turn": index of the replaced assistant message, "split": "train" | "heldout",
+     "family": task family, "task": the toy-world task record (for the gold labeler), or null}
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import operator
+import os
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rlhf_course.data import (
+    DataFormatError,
+    _read_numbered,
+    append_jsonl,
+    to_preference_dataset,
+    validate_conversation,
+    write_jsonl,
+)
+from rlhf_course.world import Task, gold_score
+
+K_MIN, K_MAX = 2, 9
+"""Replies per ranking: at least a pair; at most nine, InstructGPT's largest K."""
+
+COMPARISONS = "comparisons.jsonl"
+"""Rankings used to train the reward model (training prompts), in RUN_DIR/comparisons/."""
+HELDOUT_COMPARISONS = "heldout.jsonl"
+"""Rankings of the policy's replies to held-out prompts, only for measuring the reward model."""
+HUMAN_COMPARISONS = "human.jsonl"
+"""Rankings a learner made with the widget (notebook 04), in RUN_DIR/comparisons/."""
+
+_REQUIRED = ("context", "replies", "ranking", "ranker")
+
+
+class ComparisonError(ValueError):
+    """A ranking or comparison record that cannot be used; the message says what and where."""
+
+
+# --------------------------------------------------------------------------------------------
+# Rankings: checking, saving, undoing, expanding to pairs
+# --------------------------------------------------------------------------------------------
+
+
+def validate_ranking(replies: Sequence[str], ranking: Sequence[int], where: str = "") -> list[int]:
+    """Check that `ranking` orders every one of `replies` exactly once, best first, and return it
+    as a list of ints. Raises `ComparisonError` for K outside 2..9, duplicate replies (nobody can
+    rank a reply against itself), ties and orders that are not a permutation of 0..K-1."""
+    at = f"{where}: " if where else ""
+    if isinstance(replies, str) or not isinstance(replies, Sequence):
+        raise ComparisonError(f"{at}replies must be a list of strings, got {type(replies).__name__}")
+    k = len(replies)
+    if not K_MIN <= k <= K_MAX:
+        raise ComparisonError(f"{at}{k} replies: a ranking needs between {K_MIN} and {K_MAX} "
+                              "(InstructGPT used 4 to 9); sample more or drop some")
+    for i, r in enumerate(replies):
+        if not isinstance(r, str) or not r.strip():
+            raise ComparisonError(f"{at}reply {i} is empty or not text: every reply must be a non-empty string")
+    seen: dict[str, int] = {}
+    for i, r in enumerate(replies):
+        key = " ".join(r.split())
+        if key in seen:
+            raise ComparisonError(
+                f"{at}replies {seen[key]} and {i} are the same text ({r[:60]!r}); a ranking compares "
+                "distinct replies: drop the duplicate (or sample another) and rank the rest")
+        seen[key] = i
+    if isinstance(ranking, (str, bytes, Mapping)) or not hasattr(ranking, "__iter__"):
+        raise ComparisonError(f"{at}ranking must be a list of reply indices, best first; got {ranking!r}")
+    ranking = list(ranking)  # also a numpy array or a tuple
+    for pos, x in enumerate(ranking):
+        if isinstance(x, (list, tuple, set)):
+            raise ComparisonError(
+                f"{at}position {pos} of the ranking holds a group {list(x)}: ties are not allowed; "
+                "order every reply strictly, best first")
+        try:  # operator.index accepts Python and numpy integers (argsort output), not floats
+            if isinstance(x, bool):
+                raise TypeError
+            operator.index(x)
+        except TypeError:
+            raise ComparisonError(f"{at}ranking entry {x!r} at position {pos} is not a reply index (an int)") from None
+    ranking = [operator.index(x) for x in ranking]
+    counts = {x: ranking.count(x) for x in ranking}
+    repeated = sorted(x for x, c in counts.items() if c > 1)
+    if repeated:
+        raise ComparisonError(
+            f"{at}reply {repeated[0]} appears {counts[repeated[0]]} times in the ranking {list(ranking)}: "
+            "ties are not allowed; each reply takes exactly one place")
+    if sorted(ranking) != list(range(k)):
+        missing = sorted(set(range(k)) - set(ranking))
+        extra = sorted(set(ranking) - set(range(k)))
+        detail = (f"missing {missing}" if missing else "") + ("; " if missing and extra else "") + (
+            f"no reply has index {extra}" if extra else "")
+        raise ComparisonError(
+            f"{at}ranking {list(ranking)} is not an order of all {k} replies (0..{k - 1}): {detail}")
+    return [int(x) for x in ranking]
+
+
+def validate_comparison(record: Any, where: str = "") -> dict[str, Any]:
+    """Check one comparison record (see the module docstring) and return it unchanged."""
+    at = f"{where}: " if where else ""
+    if not isinstance(record, Mapping):
+        raise ComparisonError(f"{at}a comparison must be a JSON object, got {type(record).__name__}")
+    missing = [k for k in _REQUIRED if k not in record]
+    if missing:
+        raise ComparisonError(f"{at}comparison lacks field(s) {missing}; it needs {list(_REQUIRED)}")
+    context = record["context"]
+    try:
+        validate_conversation(list(context) + [{"role": "assistant", "content": "-"}])
+    except (ValueError, TypeError) as err:
+        raise ComparisonError(f"{at}context: {err} (it must alternate user/assistant and end on a user turn)") from err
+    validate_ranking(record["replies"], record["ranking"], where)
+    if not isinstance(record["ranker"], str) or not record["ranker"].strip():
+        raise ComparisonError(f"{at}ranker must say who ranked (e.g. 'person:ada' or 'annotators(...)')")
+    return dict(record)
+
+
+def comparison_record(context: Sequence[Mapping[str, str]], replies: Sequence[str], ranking: Sequence[int],
+                      ranker: str, *, task: Task | None = None, source: str = "policy",
+                      turn: int | None = None, item_id: str | None = None) -> dict[str, Any]:
+    """A checked comparison record, stamped with the current time (UTC)."""
+    record = {
+        "id": item_id,
+        "context": [{"role": m["role"], "content": m["content"]} for m in context],
+        "replies": list(replies),
+        "ranking": list(ranking),
+        "ranker": ranker,
+        "ranked_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "source": source,
+        "turn": len(context) if turn is None else turn,
+        "split": task.split if task else None,
+        "family": task.family if task else None,
+        "task": task.to_record() if task else None,
+    }
+    return validate_comparison(record)
+
+
+def append_comparison(path: str | os.PathLike, record: Mapping[str, Any]) -> dict[str, Any]:
+    """Check `record` and append it to the JSON Lines file `path`, flushed and fsynced before
+    returning: once this returns, a killed kernel or process cannot lose it. A bad record raises
+    and leaves the file as it was."""
+    record = validate_comparison(record, where=f"new record for {path}")
+    append_jsonl(path, record)
+    return record
+
+
+def load_comparisons(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Read and check every record of a comparisons file; errors name the file and line."""
+    path = Path(path)
+    out = []
+    for line, record in _read_numbered(path):
+        try:
+            out.append(validate_comparison(record))
+        except ComparisonError as err:
+            raise DataFormatError(f"{path}, line {line}: {err}. Fix or delete that line; the "
+                                  "other lines are unaffected.") from err
+    return out
+
+
+def undo_last_comparison(path: str | os.PathLike) -> dict[str, Any] | None:
+    """Remove the last record of `path` and return it (None when the file is empty or absent).
+
+    The file is rewritten atomically (a new file renamed over the old one), so a crash during the
+    undo leaves either every record or every record but the last, never a broken file."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    records = load_comparisons(path)
+    if not records:
+        return None
+    write_jsonl(path, records[:-1])
+    return records[-1]
+
+
+def ranking_pairs(ranking: Sequence[int]) -> list[tuple[int, int]]:
+    """All K-choose-2 (preferred, rejected) index pairs a ranking implies, best-first order."""
+    return [(ranking[i], ranking[j]) for i, j in itertools.combinations(range(len(ranking)), 2)]
+
+
+def preference_rows(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Expand rankings into TRL's conversational preference rows, one per pair:
+    `{"prompt": [messages], "chosen": [assistant message], "rejected": [assistant message]}`,
+    plus `group` (which ranking the pair came from) and `k`."""
+    rows = []
+    for g, rec in enumerate(records):
+        for win, lose in ranking_pairs(rec["ranking"]):
+            rows.append({
+                "prompt": [dict(m) for m in rec["context"]],
+                "chosen": [{"role": "assistant", "content": rec["replies"][win]}],
+                "rejected": [{"role": "assistant", "content": rec["replies"][lose]}],
+                "group": rec.get("id") or str(g),
+                "k": len(rec["replies"]),
+            })
+    return rows
+
+
+def rankings_dataset(records: Iterable[Mapping[str, Any]]):
+    """The rankings as a `datasets.Dataset` of preference pairs (prompt, chosen, rejected; see
+    `preference_rows`), the conversational format TRL's RewardTrainer and DPOTrainer read."""
+    return to_preference_dataset(preference_rows(records))
+
+
+def gold_ranking(task: Task, replies: Sequence[str]) -> list[int]:
+    """How the gold labeler orders `replies` (best first; equal scores keep their order)."""
+    scores = [gold_score(task, r).total for r in replies]
+    return sorted(range(len(replies)), key=lambda i: -scores[i])
+
+
+# --------------------------------------------------------------------------------------------
+# Items to rank: a context and K distinct sampled replies
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RankItem:
+    """One context and the K alternative replies to rank (not yet ranked)."""
+
+    context: list[dict[str, str]]
+    """The conversation up to the replaced assistant message (ends on a user turn)."""
+    replies: list[str]
+    """K distinct replies sampled from the policy."""
+    task: Task | None = None
+    """The toy-world task behind the context, so the gold labeler can judge (None for real data)."""
+    source: str = "policy"
+    """'policy' (a chat with the current policy) or 'demonstration' (a trainer's conversation)."""
+    turn: int | None = None
+    """Index of the replaced assistant message in the original conversation (None: the end of
+    `context`, i.e. a reply to its last user turn)."""
+    item_id: str = ""
+    """A stable id, e.g. 'c-0-000012' (seed and position)."""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def record(self, ranking: Sequence[int], ranker: str) -> dict[str, Any]:
+        """The comparison record for this item ranked as `ranking` by `ranker` (checked)."""
+        return comparison_record(self.context, self.replies, ranking, ranker, task=self.task,
+                                 source=self.source, turn=self.turn, item_id=self.item_id)
+
+
+def pick_turn(messages: Sequence[Mapping[str, str]], rng: random.Random,
+              judged: Sequence[int] | None = None) -> int:
+    """Index of one assistant message chosen at random: among `judged` indices when given (the
+    turns a judge can score), else among all assistant messages."""
+    candidates = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    if judged is not None:
+        candidates = [i for i in candidates if i in set(judged)]
+    if not candidates:
+        raise ComparisonError("the conversation has no assistant message to replace")
+    return rng.choice(candidates)
+
+
+def distinct_replies(samples: Sequence[str], k: int) -> list[str]:
+    """The first `k` samples that differ (ignoring whitespace) and are not empty, in order."""
+    out, seen = [], set()
+    for s in samples:
+        key = " ".join(s.split())
+        if key and key not in seen:
+            seen.add(key)
+            out.append(s.strip())
+        if len(out) == k:
+            break
+    return out
+
+
+def sample_items(model, tokenizer, conversations: Sequence[tuple[Task | None, list[dict], str, int]],
+                 k: int, *, temperature: float, max_new_tokens: int, oversample: float = 1.5,
+                 batch_size: int = 64, seed: int = 0, id_prefix: str = "c", progress: bool = False,
+                 ) -> tuple[list[RankItem], int]:
+    """Sample up to `k` distinct replies for each context in one batched pass (KV cache).
+
+    `conversations` holds `(task, context, source, turn)` tuples. Each context gets
+    `k * oversample` samples, of which the first `k` distinct ones are kept; a context left with
+    fewer than 2 distinct replies cannot be ranked and is dropped. Returns the items and how many
+    contexts were dropped.
+    """
+    from rlhf_course.generation import generate_replies
+
+    if not K_MIN <= k <= K_MAX:
+        raise ComparisonError(f"k = {k}: a ranking needs between {K_MIN} and {K_MAX} replies")
+    n = max(k, math.ceil(k * oversample))
+    flat = [ctx for _, ctx, _, _ in conversations for _ in range(n)]
+    samples = generate_replies(model, tokenizer, flat, max_new_tokens=max_new_tokens,
+                               temperature=temperature, batch_size=batch_size, seed=seed, progress=progress)
+    items, dropped = [], 0
+    for i, (task, ctx, source, turn) in enumerate(conversations):
+        replies = distinct_replies(samples[i * n : (i + 1) * n], k)
+        if len(replies) < K_MIN:
+            dropped += 1
+            continue
+        items.append(RankItem(list(ctx), replies, task, source, turn, f"{id_prefix}-{seed}-{i:06d}"))
+    return items, dropped
+
+
+def annotator_name(annotators) -> str:
+    """How a simulated annotator pool signs its rankings, e.g. 'annotators(sharpness=2.0, ...)'."""
+    return (f"annotators(sharpness={annotators.sharpness}, length_bias={annotators.length_bias}, "
+            f"seed={annotators.seed})")
+
+
+def rank_with_annotators(items: Sequence[RankItem], annotators, first_item: int = 0) -> list[dict[str, Any]]:
+    """Comparison records for `items`, ranked by simulated annotators (item numbers seed their
+    noise, starting at `first_item`, so rankings are reproducible)."""
+    name = annotator_name(annotators)
+    return [it.record(annotators.rank(it.task, it.replies, item=first_item + n), name)
+            for n, it in enumerate(items)]
+
+
+def training_contexts(world, n: int, demo_fraction: float, seed: int) -> list[tuple[Task, list[dict], str, int]]:
+    """`n` training contexts as `(task, context, source, turn)`: a `demo_fraction` share from
+    simulated trainers' demonstrations (the replaced message chosen by `pick_turn` among the
+    turns the gold labeler can judge: in the toy world, the last), the rest fresh training prompts
+    for a chat with the policy."""
+    from rlhf_course.data import SimulatedTrainers
+
+    if not 0.0 <= demo_fraction <= 1.0:
+        raise ValueError(f"demo_fraction = {demo_fraction}: use a share between 0 and 1")
+    rng = random.Random(f"comparisons:{seed}")
+    n_demo = round(n * demo_fraction)
+    out = []
+    for task, record in SimulatedTrainers().write_with_tasks(world, n_demo, seed=seed + 1000):
+        turn = pick_turn(record["messages"], rng, judged=[len(record["messages"]) - 1])
+        out.append((task, record["messages"][:turn], "demonstration", turn))
+    for task in world.tasks("train", n - n_demo, seed=seed + 2000):
+        out.append((task, task.prompt, "policy", len(task.messages)))
+    rng.shuffle(out)
+    return out
+
+
+def collect_comparisons(cfg, run_dir, progress: bool = True) -> dict[str, Any]:
+    """Stage `comparisons`: rank K replies of the SFT policy for `cfg.prompts` training contexts
+    (RUN_DIR/comparisons/comparisons.jsonl) and for the held-out prompts every stage reports on
+    (heldout.jsonl, only for measuring the reward model), ranked by simulated annotators.
+    Rankings a learner made with the widget (human.jsonl) are left as they are."""
+    import statistics
+    from collections import Counter
+
+    from rlhf_course.evaluate import heldout_tasks
+    from rlhf_course.models import load_checkpoint
+    from rlhf_course.runs import StageTimer, require, stage_dir
+    from rlhf_course.world import Annotators, World
+
+    out = stage_dir(run_dir, "comparisons")
+    sft_path = require(run_dir, "sft", "model", profile=cfg.profile)
+    with StageTimer() as timer:
+        world = World(cfg.seed)
+        tokenizer, policy = load_checkpoint(sft_path, cfg.profile)
+        annotators = Annotators(cfg.annotator_sharpness, cfg.annotator_length_bias, seed=cfg.seed)
+        common = dict(temperature=cfg.sample_temperature, max_new_tokens=cfg.max_new_tokens,
+                      oversample=cfg.oversample, batch_size=cfg.sample_batch_size, progress=progress)
+        items, dropped = sample_items(policy, tokenizer, training_contexts(world, cfg.prompts, cfg.demo_fraction, cfg.seed),
+                                      cfg.k, seed=cfg.seed, id_prefix="c", **common)
+        records = rank_with_annotators(items, annotators)
+        write_jsonl(out / COMPARISONS, records)
+        held = [(t, t.prompt, "policy", len(t.messages)) for t in heldout_tasks(world, cfg)]
+        held_items, held_dropped = sample_items(policy, tokenizer, held, cfg.k, seed=cfg.seed + 1,
+                                                id_prefix="h", **common)
+        held_records = rank_with_annotators(held_items, annotators, first_item=10**6)
+        write_jsonl(out / HELDOUT_COMPARISONS, held_records)
+    sizes = Counter(len(r["replies"]) for r in records)
+    golds = [gold_score(it.task, x).total for it in items for x in it.replies]
+    return {
+        "count": len(records),
+        "pairs": sum(len(ranking_pairs(r["ranking"])) for r in records),
+        "by_source": dict(Counter(r["source"] for r in records)),
+        "k_counts": {str(k): v for k, v in sorted(sizes.items())},
+        "dropped_contexts": dropped,
+        "heldout_count": len(held_records),
+        "heldout_dropped": held_dropped,
+        "reply_gold_mean": round(statistics.fmean(golds), 4),
+        "seconds": round(timer.seconds, 1),
+    }
