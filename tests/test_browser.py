@@ -1,0 +1,161 @@
+"""The ranking widget in a real JupyterLab, clicked in headless Chromium (Debian's build).
+
+What a headless test of the widget cannot show: that the front end renders the buttons, that a
+click in the browser reaches the kernel, and that the ranking is on disk once the page says so.
+Recipe and pitfalls: the notes on browser end-to-end tests (JupyterLab 4, ipywidgets 8,
+Playwright with /usr/bin/chromium, never `playwright install`).
+"""
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from rlhf_course.comparisons import load_comparisons
+from rlhf_course.world import World
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+REQUIRE = "RLHF_COURSE_REQUIRE_BROWSER"
+
+
+def _unavailable(why: str) -> None:
+    # CI sets RLHF_COURSE_REQUIRE_BROWSER=1 so a missing browser fails there instead of skipping.
+    if os.environ.get(REQUIRE) == "1":
+        pytest.fail(f"{why} ({REQUIRE}=1, so the browser test may not be skipped)")
+    pytest.skip(why)
+
+
+@pytest.fixture
+def chromium():
+    if not CHROMIUM.exists():
+        _unavailable(f"{CHROMIUM} not found: install Debian's browser with "
+                     "`sudo apt-get install -y chromium` (not `playwright install`)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("playwright is not installed: `pip install -e '.[dev]'`")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def lab(tmp_path):
+    """A JupyterLab server on a free port, run by this interpreter (so the kernel is this venv's);
+    yields (url, token, root). Stopped with SIGTERM, which shuts its kernels down too."""
+    root, log_path = tmp_path / "root", tmp_path / "jupyter.log"
+    root.mkdir()
+    port, token = _free_port(), secrets.token_hex(16)
+    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
+           "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "MPLBACKEND": "agg"}
+    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root",
+           "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
+           f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}"]
+    log = open(log_path, "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if proc.poll() is not None:  # e.g. root without --allow-root: it exits at once
+                pytest.fail(f"JupyterLab exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"JupyterLab did not answer within 90 s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield url, token, root
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+# The notebook cell: one item per task, its first three replies (ideal and two flawed ones).
+CELL = """\
+from rlhf_course.comparisons import RankItem
+from rlhf_course.widgets import RankingWidget
+from rlhf_course.world import World
+
+items = [RankItem(context=t.prompt, replies=list(t.replies().values())[:3], task=t, item_id=f"e2e-{j}")
+         for j, t in enumerate(World(0).tasks("train", 2))]
+RankingWidget(items, SAVED)
+"""
+
+
+def _notebook(source: str) -> dict:
+    return {
+        "nbformat": 4, "nbformat_minor": 5,
+        # A named kernelspec: JupyterLab starts it instead of asking which kernel to use.
+        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)",
+                                    "language": "python"}},
+        "cells": [{"cell_type": "code", "id": "rank", "metadata": {}, "execution_count": None,
+                   "outputs": [], "source": source}],
+    }
+
+
+def test_rank_replies_in_jupyterlab(chromium, lab):  # chromium first: skip before starting a server
+    from playwright.sync_api import expect
+
+    url, token, root = lab
+    saved = root / "ranked.jsonl"
+    (root / "rank.ipynb").write_text(json.dumps(_notebook(CELL.replace("SAVED", repr(str(saved))))))
+    page = chromium.new_page()
+    page.set_default_timeout(60_000)
+    page.goto(f"{url}/lab/tree/rank.ipynb?token={token}")
+
+    # The cell's own indicator says idle while the kernel is still starting (and Shift+Enter is
+    # then lost): wait for the status bar, then for the prompt to show the cell ran.
+    expect(page.locator("#jp-main-statusbar")).to_contain_text("Python 3 (ipykernel) | Idle",
+                                                                timeout=120_000)
+    page.locator(".jp-Cell .cm-content").first.click()
+    page.keyboard.press("Shift+Enter")
+    expect(page.locator(".jp-Cell .jp-InputPrompt").first).to_contain_text("[1]:", timeout=120_000)
+
+    out = page.locator(".jp-OutputArea-output")
+    order = [2, 0, 1]  # C best, then A, then B
+    for place, i in enumerate(order, start=1):
+        button = out.locator(f"button.rlhf-reply-{'ABC'[i]}")
+        button.click()
+        # Each click goes to the kernel and back; the new label proves it arrived, in order.
+        expect(button).to_have_text(f"{'ABC'[i]}: {['1st', '2nd', '3rd'][place - 1]}")
+    out.locator("button.rlhf-submit").click()
+    # The widget moves on only after the record is fsynced, so this label means it is on disk.
+    expect(out.locator(".rlhf-progress")).to_have_text("ranked 1 / 2")
+    expect(out.locator(".rlhf-message")).to_contain_text("Saved C > A > B to ranked.jsonl")
+
+    (record,) = load_comparisons(saved)
+    task = World(0).tasks("train", 2)[0]
+    assert record["ranking"] == order
+    assert record["id"] == "e2e-0" and record["ranker"] == "person"
+    assert record["context"] == task.prompt
+    assert record["replies"] == list(task.replies().values())[:3]
