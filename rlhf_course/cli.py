@@ -29,6 +29,8 @@ STAGES: dict[str, str] = {
     "base": "rlhf_course.pretrain:run_base_stage",
     "demos": "rlhf_course.sft:build_demonstrations",
     "sft": "rlhf_course.sft:train_sft",
+    "comparisons": "rlhf_course.comparisons:collect_comparisons",
+    "rm": "rlhf_course.reward:train_reward_model",
 }
 
 # Stage name -> "module:ConfigClass"; the config is built as `Cls.preset(profile, seed=...)`.
@@ -36,6 +38,8 @@ STAGE_CONFIGS: dict[str, str] = {
     "base": "rlhf_course.config:BaseConfig",
     "demos": "rlhf_course.config:SFTConfig",
     "sft": "rlhf_course.config:SFTConfig",
+    "comparisons": "rlhf_course.config:RewardConfig",
+    "rm": "rlhf_course.config:RewardConfig",
 }
 
 # Report keys the CLI itself fills in; the summary shows the stage's own figures beside them.

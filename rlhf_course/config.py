@@ -187,3 +187,72 @@ class SFTConfig(_Preset):
         "a100": {"batch_size": 32, "lr": 1e-5, "epochs": 2.0, "max_length": 2048,
                  "max_new_tokens": 256, "eval_batch_size": 128},
     }
+
+
+@dataclass(frozen=True)
+class RewardConfig(_Preset):
+    """Stages `comparisons` and `rm` (notebooks 04 and 05): K replies sampled from the SFT policy
+    and ranked, then a reward model trained on the rankings with InstructGPT's K-way loss."""
+
+    profile: str = "cpu"
+    """Hardware profile this config was made for ('cpu', 't4', 'a100')."""
+    seed: int = 0
+    """Seeds the contexts, the sampled replies, the annotators' noise and the data order."""
+
+    # --- comparisons (notebook 04) ---
+    prompts: int = 1200
+    """Training contexts to rank (toy-world training prompts), each giving one ranking of K."""
+    k: int = 4
+    """Replies per ranking (2..9); InstructGPT used 4 to 9. A context whose samples hold fewer
+    distinct replies gets a smaller K, never fewer than 2."""
+    demo_fraction: float = 0.5
+    """Share of contexts taken from the demonstrations' conversations; the rest are fresh chats
+    with the policy. Both are training prompts."""
+    sample_temperature: float = 1.0
+    """Temperature for the K alternatives: 1.0 samples the policy as it is, for variety."""
+    oversample: float = 1.5
+    """Samples drawn per wanted reply (ceil(k * oversample) per context), so that K distinct
+    ones are usually found."""
+    annotator_sharpness: float = 8.0
+    """Simulated annotators' weight on gold (see `world.Annotators`, whose defaults these are)."""
+    annotator_length_bias: float = 0.08
+    """Simulated annotators' taste for longer replies, per word: the bias the RM inherits."""
+
+    # --- reward model (notebook 05) ---
+    epochs: float = 2.0
+    """Passes over the rankings."""
+    batch_size: int = 16
+    """Rankings per optimizer step; all K replies of a ranking sit in the same step."""
+    lr: float = 3e-4
+    """Peak learning rate (AdamW; linear warm-up, cosine decay)."""
+    warmup_ratio: float = 0.05
+    """Share of steps spent warming the learning rate up."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_length: int = 384
+    """Longest tokenized context + reply; longer ones lose their oldest tokens."""
+    precision: str = "auto"
+    """'auto': bf16 autocast where the chip multiplies it natively, fp16 on a T4, else fp32; or
+    force 'fp32', 'bf16', 'fp16'."""
+    lora: bool = False
+    """Train LoRA adapters (peft) and the scalar head instead of all weights."""
+
+    # --- evaluation ---
+    eval_prompts: int = 240
+    """Held-out prompts whose K sampled replies measure the RM (at least 200)."""
+    gold_margin: float = 0.2
+    """`rm.accuracy_gold` counts pairs whose gold scores differ by at least this much."""
+    max_new_tokens: int = 64
+    """Longest sampled reply, in tokens."""
+    sample_batch_size: int = 64
+    """Prompts per generation batch."""
+    score_batch_size: int = 64
+    """Replies per reward-model forward pass when scoring."""
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "cpu": {},
+        "t4": {"batch_size": 8, "lr": 1e-5, "epochs": 1.0, "max_length": 1024,
+               "max_new_tokens": 128, "sample_batch_size": 32, "score_batch_size": 16},
+        "a100": {"batch_size": 16, "lr": 5e-6, "epochs": 1.0, "max_length": 2048,
+                 "max_new_tokens": 256, "sample_batch_size": 64, "score_batch_size": 32},
+    }

@@ -183,6 +183,17 @@ def load_base(
     return tokenizer, model.to(device).eval()
 
 
+def load_checkpoint(path: str | os.PathLike, profile: str = "cpu", device: str | None = None):
+    """Load a model a stage saved in a run folder (e.g. RUN_DIR/sft/model): `(tokenizer, model)`,
+    in eval mode, in the profile's dtype, on CUDA for GPU profiles when available. Unlike
+    `load_base`, always reads the local folder, whatever the profile."""
+    cfg = BaseConfig.preset(profile)
+    if device is None:
+        device = "cuda" if profile != "cpu" and torch.cuda.is_available() else "cpu"
+    tokenizer, model = _load_pretrained(str(path), True, "a model folder saved by a stage", cfg.dtype, False)
+    return tokenizer, model.to(device).eval()
+
+
 def _looks_local(source: str) -> bool:
     """A folder, or a path that cannot be a hub id ("org/name" or "name")."""
     return os.path.isdir(source) or source.startswith((".", "/", "~")) or source.count("/") > 1

@@ -24,6 +24,17 @@ def in_notebook() -> bool:
     return shell is not None and hasattr(shell, "kernel")
 
 
+def display_figure(fig: Figure) -> None:
+    """Show `fig` as a PNG in a notebook (every frontend renders one); nothing outside one."""
+    if not in_notebook():
+        return
+    from IPython.display import Image, display
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    display(Image(buf.getvalue()))
+
+
 class LiveLossPlot:
     """A line plot of one or more named series that redraws itself in place in a notebook.
 
@@ -107,10 +118,36 @@ def bar_by_family(stages: dict[str, dict[str, float]], title: str = "gold score 
     ax.grid(axis="y", alpha=0.3)
     if len(stages) > 1:
         ax.legend(loc="upper center", ncol=len(stages), frameon=False)
-    if show and in_notebook():
-        from IPython.display import Image, display
+    if show:
+        display_figure(fig)
+    return fig
 
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=100)
-        display(Image(buf.getvalue()))
+
+def reward_vs_length(rows: list[dict], slope: float | None = None, show: bool = True) -> Figure:
+    """Reward-model score against reply length, one colour per band of gold score, with the
+    pooled within-band trend: at equal gold, a rising line is a bias the RM learned from its
+    labelers. `rows` hold `score`, `tokens` and `gold` (as in RUN_DIR/rm/heldout_scores.jsonl)."""
+    bands = [(0.0, 0.3, "gold < 0.3"), (0.3, 0.7, "0.3 ≤ gold < 0.7"), (0.7, 1.01, "gold ≥ 0.7")]
+    fig = Figure(figsize=(6.4, 3.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for lo, hi, label in bands:
+        pts = [(r["tokens"], r["score"]) for r in rows if lo <= r["gold"] < hi]
+        if not pts:
+            continue
+        xs, ys = zip(*pts, strict=True)
+        dots = ax.scatter(xs, ys, s=8, alpha=0.35, label=f"{label} ({len(pts)})")
+        if slope is not None and len(pts) > 1:
+            mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+            x0, x1 = min(xs), max(xs)
+            ax.plot([x0, x1], [my + slope * (x0 - mx), my + slope * (x1 - mx)],
+                    color=dots.get_facecolor()[0], alpha=1.0, linewidth=2)
+    title = "reward vs reply length at equal gold"
+    if slope is not None:
+        title += f": {slope:+.3f} per token"
+    ax.set(title=title, xlabel="reply length (tokens)", ylabel="RM score (SFT replies: mean 0, std 1)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if show:
+        display_figure(fig)
     return fig
