@@ -15,7 +15,7 @@ written and fsynced before anything else happens, so a dead kernel loses nothing
 A record:
 
     {"id": "c-0-000012", "context": [messages ending on a user turn], "replies": [K strings],
-     "ranking": [indices of replies, best first], "ranker": "annotators(sharpness=2.0, ...)",
+     "ranking": [indices of replies, best first], "ranker": "annotators(sharpness=8.0, ...)",
      "ranked_at": "2026-11-22T10:00:00+00:00", "source": "policy" | "demonstration",
      "turn": index of the replaced assistant message, "split": "train" | "heldout",
      "family": task family, "task": the toy-world task record (for the gold labeler), or null}
@@ -314,7 +314,7 @@ def sample_items(model, tokenizer, conversations: Sequence[tuple[Task | None, li
 
 
 def annotator_name(annotators) -> str:
-    """How a simulated annotator pool signs its rankings, e.g. 'annotators(sharpness=2.0, ...)'."""
+    """How a simulated annotator pool signs its rankings, e.g. 'annotators(sharpness=8.0, ...)'."""
     return (f"annotators(sharpness={annotators.sharpness}, length_bias={annotators.length_bias}, "
             f"seed={annotators.seed})")
 
@@ -379,6 +379,7 @@ def collect_comparisons(cfg, run_dir, progress: bool = True) -> dict[str, Any]:
         held_records = rank_with_annotators(held_items, annotators, first_item=10**6)
         write_jsonl(out / HELDOUT_COMPARISONS, held_records)
     sizes = Counter(len(r["replies"]) for r in records)
+    agree, judged = annotator_agreement_on(records)
     golds = [gold_score(it.task, x).total for it in items for x in it.replies]
     return {
         "count": len(records),
@@ -389,5 +390,45 @@ def collect_comparisons(cfg, run_dir, progress: bool = True) -> dict[str, Any]:
         "heldout_count": len(held_records),
         "heldout_dropped": held_dropped,
         "reply_gold_mean": round(statistics.fmean(golds), 4),
+        "annotator_agreement": round(agree / judged, 4) if judged else None,
+        "annotator_pairs_judged": judged,
         "seconds": round(timer.seconds, 1),
     }
+
+
+def longer_wins(records: Iterable[Mapping[str, Any]], tolerance: float = 1e-9) -> tuple[float, int]:
+    """(share, pairs): among ranked pairs whose replies gold scores equal (within `tolerance`)
+    but whose lengths in words differ, how often the ranker put the longer reply first. 0.5 is
+    no taste for length; the simulated annotators, like the post's trainers, sit above it."""
+    longer = total = 0
+    for rec in records:
+        if not rec.get("task"):
+            continue
+        task = Task.from_record(rec["task"])
+        golds = [gold_score(task, r).total for r in rec["replies"]]
+        words = [len(r.split()) for r in rec["replies"]]
+        for win, lose in ranking_pairs(rec["ranking"]):
+            if abs(golds[win] - golds[lose]) <= tolerance and words[win] != words[lose]:
+                total += 1
+                longer += words[win] > words[lose]
+    return (longer / total if total else float("nan")), total
+
+
+def annotator_agreement_on(records: Iterable[Mapping[str, Any]]) -> tuple[int, int]:
+    """(agreed, judged): over the ranked pairs whose gold scores differ, how many the ranking
+    orders as gold does. On the policy's own replies this is the annotators' real accuracy."""
+    agreed = judged = 0
+    for rec in records:
+        if not rec.get("task"):
+            continue
+        task = Task.from_record(rec["task"])
+        a, j = agreement(rec["ranking"], [gold_score(task, r).total for r in rec["replies"]])
+        agreed, judged = agreed + a, judged + j
+    return agreed, judged
+
+
+def agreement(ranking: Sequence[int], scores: Sequence[float]) -> tuple[int, int]:
+    """(agreed, judged): of a ranking's K-choose-2 pairs that `scores` separate (different
+    values), how many the ranking orders the same way as the scores."""
+    judged = [(w, lo) for w, lo in ranking_pairs(ranking) if scores[w] != scores[lo]]
+    return sum(scores[w] > scores[lo] for w, lo in judged), len(judged)

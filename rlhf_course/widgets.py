@@ -31,10 +31,10 @@ import ipywidgets as widgets
 from rlhf_course.comparisons import (
     ComparisonError,
     RankItem,
+    agreement,
     append_comparison,
     gold_ranking,
     load_comparisons,
-    ranking_pairs,
     undo_last_comparison,
 )
 from rlhf_course.data import append_jsonl, read_jsonl, validate_conversation
@@ -453,8 +453,7 @@ class GoldReveal:
     def agreement(self) -> tuple[int, int]:
         """(agreed, judged): of the learner's K-choose-2 pairs that the gold labeler separates
         (different scores), how many it orders the same way."""
-        judged = [(w, lo) for w, lo in ranking_pairs(self.learner) if self.scores[w] != self.scores[lo]]
-        return sum(self.scores[w] > self.scores[lo] for w, lo in judged), len(judged)
+        return agreement(self.learner, self.scores)
 
 
 @dataclass(frozen=True)

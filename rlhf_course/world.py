@@ -1096,14 +1096,17 @@ class Annotators:
     """Simulated people who rank replies: utility = sharpness*gold + length_bias*words + Gumbel.
 
     With Gumbel noise the chance that reply i is ranked above j is sigmoid(u_i - u_j) (a
-    Plackett-Luce model), so `sharpness` sets agreement with gold (defaults give about the 73%
-    inter-labeler agreement InstructGPT reports) and `length_bias` their taste for longer replies
-    (per word, in the same units), which the reward model will inherit.
+    Plackett-Luce model), so `sharpness` sets agreement with gold and `length_bias` their taste
+    for longer replies (per word, in the same units), which the reward model will inherit.
+    The defaults are calibrated where rankings are made, on the SFT policy's own samples, whose
+    replies are close in quality: there the annotators order about 71% of the pairs gold tells
+    apart as gold does (InstructGPT reports about 73% agreement between its labelers). On the
+    easier pairs of an ideal reply against a flawed one (notebook 00) they agree about 91%.
     """
 
-    sharpness: float = 2.0
+    sharpness: float = 8.0
     """Weight of the gold score in an annotator's utility. Higher = closer to gold."""
-    length_bias: float = 0.03
+    length_bias: float = 0.08
     """Utility per extra word: the trainers' preference for longer answers."""
     seed: int = 0
     """Seeds the noise; `rank(..., item=i)` mixes in the item index, so results are reproducible."""

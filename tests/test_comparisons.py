@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 from rlhf_course.comparisons import (
+    COMPARISONS,
+    HELDOUT_COMPARISONS,
     ComparisonError,
     RankItem,
     append_comparison,
@@ -131,4 +133,86 @@ def test_annotator_rankings_are_reproducible_and_prefer_gold(world):
     assert [r["ranking"] for r in a] == [r["ranking"] for r in b]
     # the ideal reply (index 0) comes first far more often than chance (1/4)
     assert sum(r["ranking"][0] == 0 for r in a) / len(a) > 0.4
-    assert a[0]["ranker"].startswith("annotators(sharpness=2.0")
+    assert a[0]["ranker"].startswith("annotators(sharpness=8.0")
+
+
+# --------------------------------------------------------------------------- the two stages
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A run folder with a tiny base model standing in for the SFT model (any causal LM will do)."""
+    from rlhf_course.config import BaseConfig
+    from rlhf_course.pretrain import run_base_stage
+
+    run = tmp_path_factory.mktemp("run")
+    base = {"steps": 12, "corpus_docs": 400, "d_model": 64, "n_heads": 2, "d_ff": 128, "n_layers": 1,
+            "vocab_size": 320, "batch_size": 8, "eval_prompts": 200, "max_new_tokens": 8}
+    run_base_stage(BaseConfig.preset("cpu", **base), run, progress=False)
+    (run / "sft").mkdir()
+    (run / "sft" / "model").symlink_to(run / "base" / "model")
+    return run
+
+
+SMALL = {"prompts": 24, "k": 3, "eval_prompts": 200, "max_new_tokens": 12, "batch_size": 4,
+         "epochs": 1.0, "sample_batch_size": 100, "score_batch_size": 100}
+
+
+def test_stages_need_their_inputs_and_say_which_stage_makes_them(tmp_path):
+    from rlhf_course.comparisons import collect_comparisons
+    from rlhf_course.config import RewardConfig
+    from rlhf_course.reward import train_reward_model
+    from rlhf_course.runs import MissingStageOutput
+
+    cfg = RewardConfig.preset("cpu", **SMALL)
+    with pytest.raises(MissingStageOutput, match="--stages sft"):
+        collect_comparisons(cfg, tmp_path, progress=False)
+    (tmp_path / "sft" / "model").mkdir(parents=True)
+    with pytest.raises(MissingStageOutput, match="--stages comparisons"):
+        train_reward_model(cfg, tmp_path, progress=False)
+
+
+@pytest.mark.slow
+def test_comparisons_then_reward_model_on_a_tiny_run(tiny_run):
+    from rlhf_course.comparisons import HUMAN_COMPARISONS, collect_comparisons
+    from rlhf_course.config import RewardConfig
+    from rlhf_course.reward import (
+        HELDOUT_SCORES,
+        NORMALISATION,
+        load_reward_model,
+        train_reward_model,
+    )
+
+    cfg = RewardConfig.preset("cpu", **SMALL)
+    # A learner's own ranking joins the training data.
+    world = World(0)
+    task = world.tasks("train", 1, seed=9)[0]
+    append_comparison(tiny_run / "comparisons" / HUMAN_COMPARISONS,
+                      _item(task).record([2, 0, 1], "person:test"))
+    report = collect_comparisons(cfg, tiny_run, progress=False)
+    assert report["count"] + report["dropped_contexts"] == 24
+    assert report["heldout_count"] + report["heldout_dropped"] == 200
+    records = load_comparisons(tiny_run / "comparisons" / COMPARISONS)
+    assert all(2 <= len(r["replies"]) <= 3 and r["split"] == "train" for r in records)
+    assert {r["split"] for r in load_comparisons(tiny_run / "comparisons" / HELDOUT_COMPARISONS)} == {"heldout"}
+    # the human file is left as it was
+    assert len(load_comparisons(tiny_run / "comparisons" / HUMAN_COMPARISONS)) == 1
+
+    rm = train_reward_model(cfg, tiny_run, progress=False)
+    assert rm["train_rankings"] == report["count"] + 1
+    # A 1-layer model trained for 12 steps: its replies may all score 0 with gold, leaving no
+    # pair gold tells apart (null); every figure that exists is a proportion.
+    for key in ("accuracy_gold", "accuracy_gold_all", "accuracy_annotator"):
+        assert rm[key] is None or 0.0 <= rm[key] <= 1.0
+    assert rm["accuracy_annotator"] is not None
+    norm = json.loads((tiny_run / "rm" / NORMALISATION).read_text())
+    assert norm["scale"] > 0
+    # Normalised: the SFT replies it was fitted on score mean 0, std 1.
+    reward = load_reward_model(tiny_run)
+    train = records + load_comparisons(tiny_run / "comparisons" / HUMAN_COMPARISONS)
+    scores = reward.score([r["context"] for r in train for _ in r["replies"]],
+                          [x for r in train for x in r["replies"]])
+    assert np.mean(scores) == pytest.approx(0.0, abs=1e-3)
+    assert np.std(scores) == pytest.approx(1.0, abs=1e-3)
+    rows = [json.loads(line) for line in (tiny_run / "rm" / HELDOUT_SCORES).read_text().splitlines()]
+    assert len(rows) == sum(len(r["replies"]) for r in load_comparisons(tiny_run / "comparisons" / HELDOUT_COMPARISONS))

@@ -35,9 +35,10 @@ def test_gold_prefers_ideal_to_every_flaw_on_heldout(world, family):
     assert wins / total >= 0.99, f"{family}: ideal won {wins}/{total}"
 
 
-def test_default_annotators_agree_with_gold_about_73_percent(world):
-    """InstructGPT's labelers agreed with each other ~73% of the time; ours agree with gold so."""
-    assert 0.68 <= annotator_agreement(world, Annotators(), n_tasks=1500, seed=3) <= 0.78
+def test_default_annotators_mostly_prefer_ideal_to_flawed_replies(world):
+    """Ideal against flawed is the easy case (about 91%); on the SFT policy's own, closer
+    replies the same annotators agree with gold about 71% of the time (tested with notebook 04)."""
+    assert 0.87 <= annotator_agreement(world, Annotators(), n_tasks=1500, seed=3) <= 0.95
 
 
 def test_agreement_measure_spans_chance_to_certainty(world):
