@@ -996,6 +996,10 @@ def _judge_false_premise(facts, text, low, reasons):
         reasons.append("corrects the premise with a wrong date")
         return 0.6, 0.7, 1.0
     if corrected:
+        if years - {facts["died"], facts["year"]}:
+            # "...could not have done that in 1731" when asked about 1780: right idea, careless.
+            reasons.append("misquotes the year asked about")
+            return 0.8, 1.0, 1.0
         return 1.0, 1.0, 1.0
     if plays_along or re.search(r"\b(traveled|moved|met|built|celebrated|visited|lived)\b", low):
         reasons.append("plays along with a false premise")
