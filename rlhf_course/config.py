@@ -200,7 +200,7 @@ class RewardConfig(_Preset):
     """Seeds the contexts, the sampled replies, the annotators' noise and the data order."""
 
     # --- comparisons (notebook 04) ---
-    prompts: int = 1200
+    prompts: int = 3000
     """Training contexts to rank (toy-world training prompts), each giving one ranking of K."""
     k: int = 4
     """Replies per ranking (2..9); InstructGPT used 4 to 9. A context whose samples hold fewer
@@ -223,8 +223,8 @@ class RewardConfig(_Preset):
     """Passes over the rankings."""
     batch_size: int = 16
     """Rankings per optimizer step; all K replies of a ranking sit in the same step."""
-    lr: float = 3e-4
-    """Peak learning rate (AdamW; linear warm-up, cosine decay)."""
+    lr: float = 1e-3
+    """Peak learning rate (AdamW; linear warm-up, cosine decay). High: the model is tiny."""
     warmup_ratio: float = 0.05
     """Share of steps spent warming the learning rate up."""
     weight_decay: float = 0.0

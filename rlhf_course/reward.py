@@ -91,11 +91,18 @@ def build_reward_model(sft_path: str | Path, profile: str = "cpu", device: str |
     """`(tokenizer, model)`: the SFT checkpoint under a freshly initialised scalar head
     (`AutoModelForSequenceClassification`, one label), which reads the last non-pad token."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     dtype = BaseConfig.preset(profile).dtype
     tokenizer = AutoTokenizer.from_pretrained(sft_path)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        sft_path, num_labels=1, dtype=getattr(torch, dtype))
+    # transformers reports the head as "MISSING" from the checkpoint; that is the point here.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            sft_path, num_labels=1, dtype=getattr(torch, dtype))
+    finally:
+        hf_logging.set_verbosity(verbosity)
     model.config.pad_token_id = tokenizer.pad_token_id
     if device is None:
         device = "cuda" if profile != "cpu" and torch.cuda.is_available() else "cpu"

@@ -53,6 +53,18 @@ _RECORD_KEYS = ("messages", "source", "suggestions", "written_at")
 # --------------------------------------------------------------------------- the pure state
 
 
+def run_action(handler: Callable[[], str]) -> tuple[str | None, str | None]:
+    """(message, error) of a widget action: a ValueError (ConversationError, ComparisonError) is
+    an expected refusal shown as is; anything else (a failing model, a full disk) is shown with
+    its type, so the notebook says what happened instead of dying."""
+    try:
+        return handler(), None
+    except ValueError as e:
+        return None, str(e)
+    except Exception as e:
+        return None, f"{type(e).__name__}: {e}"
+
+
 @dataclass(frozen=True)
 class SuggestionLog:
     """One model-written suggestion and what the trainer did with it."""
@@ -364,13 +376,7 @@ class DemonstrationWriter:
             self._set_status(busy, "#555")
             for b in self.buttons:
                 b.disabled = True
-        self.error = None
-        try:
-            message = handler()
-        except ValueError as e:  # ConversationError included: the expected refusals
-            self.error = str(e)
-        except Exception as e:  # a failing suggester or a full disk: say so in the notebook
-            self.error = f"{type(e).__name__}: {e}"
+        message, self.error = run_action(handler)
         if self.error is None:
             self._render(message, "#1e7d32")
         else:
@@ -744,13 +750,7 @@ class RankingWidget:
 
     def _act(self, handler: Callable[[], str]) -> None:
         """Run a handler; show its message, or the error it raised, in the message area."""
-        self.error = None
-        try:
-            message = handler()
-        except ValueError as e:  # ComparisonError included: the expected refusals
-            self.error = str(e)
-        except Exception as e:  # a full disk or an unreadable file: say so in the notebook
-            self.error = f"{type(e).__name__}: {e}"
+        message, self.error = run_action(handler)
         if self.error is None:
             self._render(message, "#1e7d32")
         else:
