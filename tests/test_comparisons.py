@@ -216,3 +216,28 @@ def test_comparisons_then_reward_model_on_a_tiny_run(tiny_run):
     assert np.std(scores) == pytest.approx(1.0, abs=1e-3)
     rows = [json.loads(line) for line in (tiny_run / "rm" / HELDOUT_SCORES).read_text().splitlines()]
     assert len(rows) == sum(len(r["replies"]) for r in load_comparisons(tiny_run / "comparisons" / HELDOUT_COMPARISONS))
+
+
+@pytest.mark.slow
+def test_reward_model_with_lora_trains_the_head_and_saves_a_merged_model(tiny_run, tmp_path):
+    import shutil
+
+    from rlhf_course.config import RewardConfig
+    from rlhf_course.reward import load_reward_model, train_reward_model
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for stage in ("base", "sft"):
+        (run / stage).symlink_to(tiny_run / stage)
+    # Reuse the rankings of the test above when it ran, else make them.
+    if (tiny_run / "comparisons" / COMPARISONS).exists():
+        shutil.copytree(tiny_run / "comparisons", run / "comparisons")
+    else:
+        from rlhf_course.comparisons import collect_comparisons
+
+        collect_comparisons(RewardConfig.preset("cpu", **SMALL), run, progress=False)
+    rm = train_reward_model(RewardConfig.preset("cpu", **SMALL, lora=True), run, progress=False)
+    assert rm["train_rankings"] > 0
+    reward = load_reward_model(run)
+    assert not any("lora" in name for name, _ in reward.model.named_parameters())
+    assert len(reward.score([[{"role": "user", "content": "Hi"}]], ["Hello."])) == 1
