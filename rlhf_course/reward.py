@@ -415,8 +415,8 @@ def _rounded(x: float, digits: int) -> float | None:
 def reward_metrics(rows: Sequence[dict], rankings: Sequence[Sequence[int]], gold_margin: float) -> dict:
     """The report's `rm.*` figures from `score_heldout` rows: accuracy against gold on clear pairs
     (gold differs by >= `gold_margin`) and on every pair gold does not call equal, against the
-    annotators' rankings, the annotators' own accuracy against gold (the ceiling of imitating
-    them), and the length bias: normalised score per extra token at equal gold."""
+    annotators' rankings, the annotators' own accuracy against gold on the clear pairs (for
+    comparison), and the length bias: normalised score per extra token at equal gold."""
     groups: dict[int, list[dict]] = {}
     for row in rows:
         groups.setdefault(row["group"], []).append(row)
