@@ -81,6 +81,18 @@ def bf16_is_fast(device: torch.device | str = "cpu") -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
 
+def resolve_precision(cfg, device: torch.device | str) -> str:
+    """A stage config's `precision` made concrete: 'auto' is bf16 where the chip multiplies it
+    natively, fp16 on other CUDA devices (a T4 has no bf16), else fp32. Shared by the stages
+    that fine-tune (SFT, reward model), so they choose alike."""
+    device = torch.device(device)
+    if cfg.precision == "auto":
+        return "bf16" if bf16_is_fast(device) else "fp16" if device.type == "cuda" else "fp32"
+    if cfg.precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"{type(cfg).__name__}.precision={cfg.precision!r}: use 'auto', 'fp32', 'bf16' or 'fp16'")
+    return cfg.precision
+
+
 def lr_at(step: int, cfg: BaseConfig) -> float:
     """Learning rate at optimizer step `step` (0-based): linear warm-up, then cosine to 10%."""
     if step < cfg.warmup_steps:

@@ -44,7 +44,7 @@ from rlhf_course.comparisons import (
 )
 from rlhf_course.config import BaseConfig, RewardConfig
 from rlhf_course.data import write_jsonl
-from rlhf_course.pretrain import bf16_is_fast
+from rlhf_course.pretrain import resolve_precision
 from rlhf_course.runs import StageTimer, raise_corrupt, require, stage_dir, write_text_atomic
 from rlhf_course.world import Task, gold_score
 
@@ -132,14 +132,6 @@ def _pad(batch: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, tor
         ids[i, : len(x)] = torch.tensor(x)
         mask[i, : len(x)] = 1
     return ids.to(device), mask.to(device)
-
-
-def _precision(cfg: RewardConfig, device: torch.device) -> str:
-    if cfg.precision == "auto":
-        return "bf16" if bf16_is_fast(device) else "fp16" if device.type == "cuda" else "fp32"
-    if cfg.precision not in ("fp32", "bf16", "fp16"):
-        raise ValueError(f"RewardConfig.precision={cfg.precision!r}: use 'auto', 'fp32', 'bf16' or 'fp16'")
-    return cfg.precision
 
 
 def _forward(model, ids, mask, precision: str) -> torch.Tensor:
@@ -340,7 +332,7 @@ def fit(model, tokenizer, records: Sequence[dict], cfg: RewardConfig,
     if not records:
         raise ValueError("the reward model needs at least one ranking; run stage `comparisons` first")
     device = next(model.parameters()).device
-    precision = _precision(cfg, device)
+    precision = resolve_precision(cfg, device)
     # Encode once: every reply in rank order (best first), so row g of the score matrix is
     # already sorted the way `ranking_loss` expects.
     groups = [[encode(tokenizer, r["context"], r["replies"][i], cfg.max_length) for i in r["ranking"]]

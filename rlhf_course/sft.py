@@ -34,7 +34,7 @@ from rlhf_course.data import (
 )
 from rlhf_course.evaluate import best_possible, evaluate_policy, heldout_tasks, win_rate
 from rlhf_course.models import load_base, save_base
-from rlhf_course.pretrain import bf16_is_fast
+from rlhf_course.pretrain import resolve_precision
 from rlhf_course.runs import StageTimer, raise_corrupt, require, stage_dir
 from rlhf_course.world import World, gold_score
 
@@ -102,12 +102,7 @@ def trl_config(cfg: SFTConfig, output_dir: Path, device: str, progress: bool = T
     (TRL defaults to bf16 and checkpointing on, an error and a slowdown on a CPU)."""
     from trl import SFTConfig as TRLSFTConfig
 
-    precision = cfg.precision
-    if precision == "auto":
-        precision = ("bf16" if bf16_is_fast(device) else
-                     "fp16" if device == "cuda" else "fp32")
-    if precision not in ("fp32", "bf16", "fp16"):
-        raise ValueError(f"SFTConfig.precision={cfg.precision!r}: use 'auto', 'fp32', 'bf16' or 'fp16'")
+    precision = resolve_precision(cfg, device)
     return TRLSFTConfig(
         output_dir=str(output_dir),
         assistant_only_loss=True,
