@@ -31,6 +31,7 @@ STAGES: dict[str, str] = {
     "sft": "rlhf_course.sft:train_sft",
     "comparisons": "rlhf_course.comparisons:collect_comparisons",
     "rm": "rlhf_course.reward:train_reward_model",
+    "ppo": "rlhf_course.ppo:train_ppo",
 }
 
 # Stage name -> "module:ConfigClass"; the config is built as `Cls.preset(profile, seed=...)`.
@@ -40,6 +41,7 @@ STAGE_CONFIGS: dict[str, str] = {
     "sft": "rlhf_course.config:SFTConfig",
     "comparisons": "rlhf_course.config:RewardConfig",
     "rm": "rlhf_course.config:RewardConfig",
+    "ppo": "rlhf_course.config:PPOConfig",
 }
 
 # Report keys the CLI itself fills in; the summary shows the stage's own figures beside them.
@@ -146,8 +148,9 @@ def run_stages(
         try:
             with runs.StageTimer() as timer:
                 result = fn(cfg, run_dir)
-        except (runs.MissingStageOutput, runs.CorruptRunFile) as err:
-            print(f"\nerror: stage {stage!r} cannot run:\n{err}", file=sys.stderr)
+        except (runs.MissingStageOutput, runs.CorruptRunFile, runs.StageStopped) as err:
+            verb = "stopped" if isinstance(err, runs.StageStopped) else "cannot run"
+            print(f"\nerror: stage {stage!r} {verb}:\n{err}", file=sys.stderr)
             _print_summary(run_dir, done)
             return 1
         entry = _as_entry(stage, result)
@@ -227,6 +230,11 @@ def _convert(cls: Any, field: str, raw: str) -> Any:
         raise ValueError(f"{cls.__name__} has no field {field!r}; valid fields: {sorted(fields)}")
     # Annotations are strings under `from __future__ import annotations`; resolve them.
     kind = typing.get_type_hints(cls).get(field, str)
+    optional = type(None) in typing.get_args(kind)
+    if optional:
+        if raw.lower() == "none":
+            return None
+        kind = next(k for k in typing.get_args(kind) if k is not type(None))
     if kind is bool:
         if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
             raise ValueError(f"{field} needs true or false, got {raw!r}")

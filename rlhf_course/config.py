@@ -256,3 +256,88 @@ class RewardConfig(_Preset):
         "a100": {"batch_size": 16, "lr": 5e-6, "epochs": 1.0, "max_length": 2048,
                  "max_new_tokens": 256, "sample_batch_size": 64, "score_batch_size": 32},
     }
+
+
+@dataclass(frozen=True)
+class PPOConfig(_Preset):
+    """Stage `ppo` (notebook 06): the SFT policy trained with PPO against the reward model, with
+    a per-token KL penalty to the SFT policy (InstructGPT's objective)."""
+
+    profile: str = "cpu"
+    """Hardware profile this config was made for ('cpu', 't4', 'a100')."""
+    seed: int = 0
+    """Seeds the training prompts, every sampled reply, the minibatch order and the evaluation."""
+
+    # --- rollouts ---
+    steps: int = 60
+    """PPO steps; each samples `batch_size` replies (per process) and updates on them."""
+    batch_size: int = 32
+    """Replies sampled per step (per process when several run data-parallel)."""
+    max_new_tokens: int = 64
+    """Longest reply sampled in a rollout, in tokens."""
+    rollout_temperature: float = 0.7
+    """Sampling temperature of rollouts, and the temperature log-probs are computed at (they must
+    match, or the ratio and the KL are measured on another distribution than the one sampled)."""
+
+    # --- the objective ---
+    init_kl_coef: float = 0.05
+    """beta, the weight of the per-token KL penalty to the SFT policy, at the start."""
+    target_kl: float | None = 6.0
+    """Per-reply KL (nats) the adaptive controller steers toward; None keeps beta fixed."""
+    kl_horizon: int = 10_000
+    """Replies over which the adaptive controller moves beta toward the target (Ziegler et al.)."""
+    missing_eos_penalty: float = 1.0
+    """Subtracted from the (normalised) score of a reply that never produced the end token."""
+    ptx_coef: float = 0.0
+    """gamma of PPO-ptx: weight of a language-modelling loss on the SFT data mixed into each
+    update, which keeps skills RL does not reward. 0 turns it off (plain PPO)."""
+
+    # --- the update ---
+    ppo_epochs: int = 2
+    """Passes over each batch of rollouts."""
+    minibatch_size: int = 16
+    """Replies per gradient step within a batch."""
+    lr: float = 1e-4
+    """Policy learning rate (AdamW, constant). High for RL because the model is tiny."""
+    value_lr: float = 5e-4
+    """Value model learning rate."""
+    clip_range: float = 0.2
+    """epsilon of the clipped surrogate."""
+    clip_range_value: float = 0.2
+    """How far a value may move from its rollout value before the loss stops rewarding it."""
+    vf_coef: float = 0.1
+    """Weight of the value loss in the combined loss (the two models have separate weights)."""
+    gamma: float = 1.0
+    """Discount; 1 because a reply is short and only its end is scored."""
+    lam: float = 0.95
+    """GAE's lambda: lower trusts the value model more (less variance, more bias)."""
+    max_grad_norm: float = 1.0
+    """Gradients are clipped to this global norm."""
+    precision: str = "auto"
+    """'auto': bf16 autocast where the chip multiplies it natively, fp16 on a T4, else fp32."""
+    logprob_chunk: int = 0
+    """Reply positions sent through the output layer at once when computing log-probs (0: all).
+    A real vocabulary (50k-150k) makes B x R x V logits large; chunks bound that memory."""
+
+    # --- safety and resuming ---
+    max_kl: float = 60.0
+    """Stop if a batch's mean per-reply KL to the SFT policy exceeds this many nats: the policy
+    has left the region where the reward model means anything."""
+    save_every: int = 10
+    """Save a checkpoint every this many steps; a re-run resumes from the last one."""
+
+    # --- evaluation ---
+    eval_prompts: int = 240
+    """Held-out prompts for `ppo.gold`, the win rate against SFT and the KL (at least 200)."""
+    temperature: float = 0.7
+    """Evaluation sampling temperature (the same as every stage's)."""
+    eval_batch_size: int = 48
+    """Prompts per generation batch in evaluation."""
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "cpu": {},
+        "t4": {"batch_size": 32, "minibatch_size": 8, "lr": 1e-6, "value_lr": 5e-6, "steps": 200,
+               "init_kl_coef": 0.05, "max_new_tokens": 128, "logprob_chunk": 32, "eval_batch_size": 64},
+        "a100": {"batch_size": 64, "minibatch_size": 16, "lr": 1e-6, "value_lr": 5e-6, "steps": 300,
+                 "max_new_tokens": 256, "logprob_chunk": 64, "eval_batch_size": 128},
+    }

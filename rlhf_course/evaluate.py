@@ -78,6 +78,19 @@ def evaluate_policy(model, tokenizer, tasks: list[Task], cfg, progress: bool = T
                      progress=progress)
 
 
+def saved_replies(run_dir, stage: str, tasks: list[Task]) -> list[str] | None:
+    """The replies a stage saved in RUN_DIR/<stage>/samples.jsonl, if that file holds exactly
+    these tasks' prompts in this order (the stage's own held-out evaluation); else None.
+    Callers re-score them with the gold labeler, so both sides of a win rate share one judge."""
+    path = Path(run_dir) / stage / "samples.jsonl"
+    if not path.exists():
+        return None
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if [r.get("messages") for r in rows] != [t.prompt for t in tasks]:
+        return None
+    return [r["reply"] for r in rows]
+
+
 def win_rate(a: GoldEval | list[float], b: GoldEval | list[float]) -> float:
     """Share of tasks where `a`'s reply has a higher gold score than `b`'s; ties count half.
 

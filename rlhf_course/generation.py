@@ -69,6 +69,81 @@ def sample_tokens(
     return out
 
 
+def encode_prompts(tokenizer, conversations: list[list[dict]], max_new_tokens: int) -> list[list[int]]:
+    """Token ids of each conversation in the chat template, ending with the assistant header.
+
+    The rendered template already holds any BOS it wants, so the tokenizer adds none. An
+    over-long prompt keeps its end (the latest turns matter most) and leaves room for the reply.
+    """
+    texts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
+    prompts = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    limit = max(1, min(tokenizer.model_max_length, 10**6) - max_new_tokens)
+    return [p[-limit:] for p in prompts]
+
+
+def left_pad(rows: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(input_ids, attention_mask)` (B, T) for prompts padded on the left, so that every row's
+    next token is sampled at the same position."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+        mask[i, width - len(r) :] = 1
+    return ids, mask
+
+
+def trim_reply(tokens: list[int], eos_token_id: int) -> tuple[list[int], bool]:
+    """A sampled row cut at its end-of-turn token: `(reply tokens without it, whether it ended)`."""
+    if eos_token_id in tokens:
+        return tokens[: tokens.index(eos_token_id)], True
+    return tokens, False
+
+
+def sample_ids(
+    model,
+    tokenizer,
+    conversations: list[list[dict]],
+    max_new_tokens: int,
+    temperature: float,
+    batch_size: int,
+    seed: int,
+    progress: bool = False,
+) -> list[tuple[list[int], list[int]]]:
+    """Sample one reply per conversation: `(prompt ids, sampled ids)` per conversation, in input
+    order; the sampled ids end with the end-of-turn token when the reply ended, with no padding.
+
+    Prompts are sorted by length into batches (less padding), left-padded and sampled with
+    `sample_tokens`. Deterministic for a `seed` and the same list of conversations (a reply
+    depends on which prompts share its batch, as the random draws are per batch).
+    """
+    if not conversations:
+        return []
+    device = next(model.parameters()).device
+    prompts = encode_prompts(tokenizer, conversations, max_new_tokens)
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    generator = torch.Generator(device=device).manual_seed(seed)
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    out: list[tuple[list[int], list[int]]] = [([], [])] * len(prompts)
+
+    was_training = model.training
+    model.eval()
+    try:
+        starts = range(0, len(order), batch_size)
+        for start in tqdm(starts, desc="sampling", disable=not progress):
+            idx = order[start : start + batch_size]
+            ids, mask = left_pad([prompts[i] for i in idx], pad)
+            new = sample_tokens(
+                model, ids.to(device), mask.to(device), max_new_tokens, temperature, eos, pad, generator
+            ).tolist()
+            for row, i in enumerate(idx):
+                reply, ended = trim_reply(new[row], eos)
+                out[i] = (prompts[i], reply + [eos] if ended else reply)
+    finally:
+        model.train(was_training)
+    return out
+
+
 def generate_replies(
     model,
     tokenizer,
@@ -82,45 +157,11 @@ def generate_replies(
     """Sample one assistant reply per conversation; returns the reply texts in input order.
 
     Each conversation is a list of `{"role", "content"}` messages ending with a user turn; the
-    chat template adds the assistant header. Prompts are sorted by length into batches (less
-    padding), left-padded, sampled with `sample_tokens` and decoded without special tokens, the
-    end-of-turn token dropped. Deterministic for a `seed` and the same list of conversations
-    (a reply depends on which prompts share its batch, as the random draws are per batch).
+    chat template adds the assistant header. `sample_ids` does the sampling; replies are decoded
+    without special tokens, the end-of-turn token dropped.
     """
     if not conversations:
         return []
-    device = next(model.parameters()).device
-    texts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
-    # The rendered template already holds any BOS it wants; do not let the tokenizer add another.
-    prompts = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    # Keep the end of an over-long prompt: the latest turns matter most for the reply.
-    limit = max(1, min(tokenizer.model_max_length, 10**6) - max_new_tokens)
-    prompts = [p[-limit:] for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    generator = torch.Generator(device=device).manual_seed(seed)
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    replies: list[str] = [""] * len(prompts)
-
-    was_training = model.training
-    model.eval()
-    try:
-        starts = range(0, len(order), batch_size)
-        for start in tqdm(starts, desc="sampling", disable=not progress):
-            idx = order[start : start + batch_size]
-            width = max(len(prompts[i]) for i in idx)
-            ids = torch.full((len(idx), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for row, i in enumerate(idx):
-                ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
-                mask[row, width - len(prompts[i]) :] = 1
-            new = sample_tokens(
-                model, ids.to(device), mask.to(device), max_new_tokens, temperature, eos, pad, generator
-            ).tolist()
-            for row, i in enumerate(idx):
-                reply = new[row]
-                if eos in reply:
-                    reply = reply[: reply.index(eos)]
-                replies[i] = tokenizer.decode(reply, skip_special_tokens=True)
-    finally:
-        model.train(was_training)
-    return replies
+    eos = tokenizer.eos_token_id
+    pairs = sample_ids(model, tokenizer, conversations, max_new_tokens, temperature, batch_size, seed, progress)
+    return [tokenizer.decode(trim_reply(reply, eos)[0], skip_special_tokens=True) for _, reply in pairs]

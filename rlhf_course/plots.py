@@ -35,43 +35,20 @@ def display_figure(fig: Figure) -> None:
     display(Image(buf.getvalue()))
 
 
-class LiveLossPlot:
-    """A line plot of one or more named series that redraws itself in place in a notebook.
+class _LiveFigure:
+    """Shared machinery of the live plots: an off-screen figure shown as one PNG output that
+    each redraw replaces (in a notebook), or only recorded (elsewhere), and saved on request."""
 
-    Call it as `plot(step, value)` (or `plot(step, value, name="gold")` for another series);
-    pass it as `live_plot=` to a training loop. In a notebook each call replaces the previous
-    image (one output, not a growing stack); outside a notebook it only records the points,
-    and `save(path)` writes the PNG either way.
-    """
+    figsize = (6.4, 3.6)
 
-    def __init__(self, title: str = "training loss", xlabel: str = "step", ylabel: str = "loss"):
-        self.series: dict[str, tuple[list[float], list[float]]] = {}
-        self.figure = Figure(figsize=(6.4, 3.6), layout="constrained")
+    def __init__(self):
+        self.figure = Figure(figsize=self.figsize, layout="constrained")
         FigureCanvasAgg(self.figure)  # render off-screen: no GUI backend is ever needed
-        self.ax = self.figure.add_subplot()
-        self.title, self.xlabel, self.ylabel = title, xlabel, ylabel
         self._handle = None
         self._show = in_notebook()
 
-    def __call__(self, step: float, value: float, name: str = "loss") -> None:
-        """Add the point (step, value) to the series `name` and redraw in a notebook."""
-        xs, ys = self.series.setdefault(name, ([], []))
-        xs.append(float(step))
-        ys.append(float(value))
-        if self._show:
-            self.show()
-
     def draw(self) -> Figure:
-        """Redraw the axes from the recorded points; returns the matplotlib figure."""
-        ax = self.ax
-        ax.clear()
-        for name, (xs, ys) in self.series.items():
-            ax.plot(xs, ys, label=name, linewidth=1.5)
-        ax.set(title=self.title, xlabel=self.xlabel, ylabel=self.ylabel)
-        ax.grid(alpha=0.3)
-        if len(self.series) > 1:
-            ax.legend()
-        return self.figure
+        raise NotImplementedError
 
     def png(self) -> bytes:
         """The current plot as PNG bytes."""
@@ -96,6 +73,92 @@ class LiveLossPlot:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(self.png())
         return path
+
+
+class LiveLossPlot(_LiveFigure):
+    """A line plot of one or more named series that redraws itself in place in a notebook.
+
+    Call it as `plot(step, value)` (or `plot(step, value, name="gold")` for another series);
+    pass it as `live_plot=` to a training loop. In a notebook each call replaces the previous
+    image (one output, not a growing stack); outside a notebook it only records the points,
+    and `save(path)` writes the PNG either way.
+    """
+
+    def __init__(self, title: str = "training loss", xlabel: str = "step", ylabel: str = "loss"):
+        super().__init__()
+        self.series: dict[str, tuple[list[float], list[float]]] = {}
+        self.ax = self.figure.add_subplot()
+        self.title, self.xlabel, self.ylabel = title, xlabel, ylabel
+
+    def __call__(self, step: float, value: float, name: str = "loss") -> None:
+        """Add the point (step, value) to the series `name` and redraw in a notebook."""
+        xs, ys = self.series.setdefault(name, ([], []))
+        xs.append(float(step))
+        ys.append(float(value))
+        if self._show:
+            self.show()
+
+    def draw(self) -> Figure:
+        """Redraw the axes from the recorded points; returns the matplotlib figure."""
+        ax = self.ax
+        ax.clear()
+        for name, (xs, ys) in self.series.items():
+            ax.plot(xs, ys, label=name, linewidth=1.5)
+        ax.set(title=self.title, xlabel=self.xlabel, ylabel=self.ylabel)
+        ax.grid(alpha=0.3)
+        if len(self.series) > 1:
+            ax.legend()
+        return self.figure
+
+
+PPO_PANELS = {
+    "proxy_reward": "proxy reward (RM, normalised)",
+    "gold": "gold score (never trained on)",
+    "kl": "KL to SFT (nats per reply)",
+    "length": "reply length (tokens)",
+    "entropy": "entropy (nats per token)",
+    "clipfrac": "clip fraction",
+}
+"""The panels of PPO's live view: metric name in the step's metrics -> panel title."""
+
+
+class LivePanels(_LiveFigure):
+    """A grid of small line plots, one per metric, redrawn in place as training runs.
+
+    Call it as `plot(step, metrics)` with a dict holding (at least) the panels' metrics; pass
+    it as `live_plot=` to `ppo.train_ppo`. Missing metrics leave a gap; `history` keeps every
+    call's values.
+    """
+
+    figsize = (10.0, 5.2)
+
+    def __init__(self, panels: dict[str, str] | None = None, title: str = "PPO, live", every: int = 1):
+        super().__init__()
+        self.panels = dict(panels or PPO_PANELS)
+        self.title, self.every = title, max(1, every)
+        self.history: list[tuple[float, dict]] = []
+        cols = 3
+        rows = -(-len(self.panels) // cols)
+        self.axes = [self.figure.add_subplot(rows, cols, i + 1) for i in range(len(self.panels))]
+
+    def __call__(self, step: float, metrics: dict) -> None:
+        """Record `metrics` at `step` and redraw (every `every` calls) in a notebook."""
+        self.history.append((float(step), dict(metrics)))
+        if self._show and len(self.history) % self.every == 0:
+            self.show()
+
+    def draw(self) -> Figure:
+        """Redraw every panel from the recorded metrics; returns the matplotlib figure."""
+        for ax, (key, label) in zip(self.axes, self.panels.items(), strict=True):
+            ax.clear()
+            points = [(s, m[key]) for s, m in self.history if m.get(key) is not None]
+            if points:
+                ax.plot(*zip(*points, strict=True), linewidth=1.5, color="tab:blue" if key != "gold" else "tab:green")
+            ax.set_title(label, fontsize=9)
+            ax.grid(alpha=0.3)
+            ax.tick_params(labelsize=8)
+        self.figure.suptitle(self.title)
+        return self.figure
 
 
 def bar_by_family(stages: dict[str, dict[str, float]], title: str = "gold score by task family",

@@ -51,6 +51,11 @@ class CorruptStageOutput(CorruptRunFile):
     """A stage output exists but cannot be loaded; the message says how to produce it again."""
 
 
+class StageStopped(RuntimeError):
+    """A stage stopped itself on purpose (e.g. PPO on a non-finite loss); the message says why,
+    what was kept and what to try."""
+
+
 def stage_dir(run_dir: str | os.PathLike, stage: str) -> Path:
     """Return `RUN_DIR/<stage>`, creating it (and `run_dir`) if needed."""
     path = Path(run_dir) / _check_name(stage, "stage")

@@ -12,7 +12,6 @@ the assistant turns, which our chat template marks with `{% generation %}`.
 
 from __future__ import annotations
 
-import json
 import shutil
 import statistics
 from collections import Counter
@@ -32,7 +31,13 @@ from rlhf_course.data import (
     to_hf_dataset,
     write_jsonl,
 )
-from rlhf_course.evaluate import best_possible, evaluate_policy, heldout_tasks, win_rate
+from rlhf_course.evaluate import (
+    best_possible,
+    evaluate_policy,
+    heldout_tasks,
+    saved_replies,
+    win_rate,
+)
 from rlhf_course.models import load_base, save_base
 from rlhf_course.pretrain import resolve_precision
 from rlhf_course.runs import StageTimer, raise_corrupt, require, stage_dir
@@ -211,10 +216,8 @@ def base_scores(run_dir, tasks, cfg: SFTConfig, progress: bool = False) -> list[
     RUN_DIR/base/samples.jsonl when that holds exactly these prompts (the base stage's own
     evaluation), else sampled again from the model. Replies are always scored afresh, so both
     sides of the win rate are judged by the same gold labeler."""
-    path = Path(run_dir) / "base" / "samples.jsonl"
-    if path.exists():
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-        if [r["messages"] for r in rows] == [t.prompt for t in tasks]:
-            return [gold_score(t, r["reply"]).total for t, r in zip(tasks, rows, strict=True)]
+    replies = saved_replies(run_dir, "base", tasks)
+    if replies is not None:
+        return [gold_score(t, r).total for t, r in zip(tasks, replies, strict=True)]
     tokenizer, model = load_base(cfg.profile, path=require(run_dir, "base", "model", profile=cfg.profile))
     return [s.total for s in evaluate_policy(model, tokenizer, tasks, cfg, progress).scores]

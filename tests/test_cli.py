@@ -27,6 +27,8 @@ class FakeConfig:
     """Learning rate."""
     fast: bool = False
     """A flag."""
+    target: float | None = 6.0
+    """An optional number ('none' turns it off)."""
 
     @classmethod
     def preset(cls, profile, **overrides):
@@ -52,6 +54,11 @@ def fake_beta(cfg, run_dir):
     return {"gold": 0.5, "input": weights, "seconds": 42.0}
 
 
+def fake_delta(cfg, run_dir):
+    """Stops itself, as PPO does on a non-finite loss."""
+    raise runs.StageStopped("stopped at step 3: the loss is nan; try a lower lr")
+
+
 def fake_gamma(cfg, run_dir):
     """Returns something that is not a dict: a bug the CLI reports clearly."""
     return 3
@@ -60,7 +67,7 @@ def fake_gamma(cfg, run_dir):
 @pytest.fixture(autouse=True)
 def fake_registry(monkeypatch):
     CALLS.clear()
-    stages = {name: f"{__name__}:fake_{name}" for name in ("alpha", "beta", "gamma")}
+    stages = {name: f"{__name__}:fake_{name}" for name in ("alpha", "beta", "gamma", "delta")}
     monkeypatch.setattr(cli, "STAGES", stages)
     monkeypatch.setattr(cli, "STAGE_CONFIGS", {name: f"{__name__}:FakeConfig" for name in stages})
 
@@ -113,7 +120,7 @@ def test_seed_and_set_reach_the_config(tmp_path):
     "item, expected",
     [
         ("alpha.stepz=3", "valid fields"),
-        ("delta.steps=3", "valid stages"),
+        ("omega.steps=3", "valid stages"),
         ("alpha.steps=many", "invalid literal"),
         ("alpha.fast=maybe", "true or false"),
         ("steps=3", "STAGE.FIELD=VALUE"),
@@ -134,7 +141,7 @@ def test_unknown_stage_lists_valid_stages(tmp_path, capsys):
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert "unknown stage(s) rm" in err
-    assert "alpha, beta, gamma" in err
+    assert "alpha, beta, gamma, delta" in err
     assert CALLS == []  # nothing ran
     assert not (tmp_path / "report.json").exists()
 
@@ -142,7 +149,7 @@ def test_unknown_stage_lists_valid_stages(tmp_path, capsys):
 def test_parse_stages_without_a_parser_raises():
     with pytest.raises(ValueError, match="valid stages"):
         cli.parse_stages("nope")
-    assert cli.parse_stages(None) == ["alpha", "beta", "gamma"]
+    assert cli.parse_stages(None) == ["alpha", "beta", "gamma", "delta"]
 
 
 def test_missing_input_stops_with_the_command_to_produce_it(tmp_path, capsys):
@@ -152,6 +159,20 @@ def test_missing_input_stops_with_the_command_to_produce_it(tmp_path, capsys):
     assert "stage 'alpha'" in err
     assert f"rlhf-course run --profile cpu --out {tmp_path} --stages alpha" in err
     assert "beta" not in runs.read_report(tmp_path)
+
+
+def test_optional_fields_take_none_or_their_type(tmp_path):
+    assert run(tmp_path, "--stages", "alpha", "--set", "alpha.target=none") == 0
+    assert CALLS[-1][1].target is None
+    assert run(tmp_path, "--stages", "alpha", "--set", "alpha.target=2.5") == 0
+    assert CALLS[-1][1].target == 2.5
+
+
+def test_a_stage_that_stops_itself_exits_1_with_its_message(tmp_path, capsys):
+    assert run(tmp_path, "--stages", "alpha,delta") == 1
+    err = capsys.readouterr().err
+    assert "stage 'delta' stopped" in err and "try a lower lr" in err
+    assert "alpha" in runs.read_report(tmp_path) and "delta" not in runs.read_report(tmp_path)
 
 
 def test_stage_returning_a_non_dict_is_a_clear_error(tmp_path):
