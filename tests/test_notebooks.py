@@ -13,7 +13,7 @@ from rlhf_course.runs import read_metrics
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 TESTED = ["00_welcome.ipynb", "01_base_model.ipynb", "02_demonstrations.ipynb", "03_sft.ipynb",
-          "04_comparisons.ipynb", "05_reward_model.ipynb"]
+          "04_comparisons.ipynb", "05_reward_model.ipynb", "06_ppo.ipynb"]
 
 
 def _execute(name: str, run_dir: Path, tmp_path: Path, **params) -> dict:
@@ -119,6 +119,30 @@ def test_05_reward_model(run_dir, tmp_path):
 def test_05_reward_model_reaches_issue_4_targets(run_dir):
     m = read_metrics(run_dir, "05_reward_model")
     assert m["accuracy_gold"] >= 0.75 and m["accuracy_annotator"] >= 0.65
+
+
+@pytest.mark.slow
+def test_06_ppo(run_dir, tmp_path):
+    m = _execute("06_ppo.ipynb", run_dir, tmp_path)
+    report = json.loads((run_dir / "report.json").read_text())
+    assert m["eval_prompts"] >= 200
+    assert m["sft_gold"] == report["sft"]["gold"]  # the same held-out prompts and replies as notebook 03
+    # PPO optimised what it was given: the reward model's score rose on held-out prompts...
+    assert m["proxy_reward"] > m["sft_proxy_reward"] + 0.2
+    # ...at a cost in KL that is reported and inside the ceiling.
+    assert 0.0 < m["kl_to_sft"] < 60.0
+    assert 0.0 <= m["win_rate_vs_sft"] <= 1.0
+    assert m["replicas_in_sync"] == 1
+    assert report["ppo"]["gold"] == m["gold"]
+    assert (run_dir / "ppo" / "model" / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="issue 5 is open: against a reward model that agrees with gold "
+                   "on ~0.7 of clear held-out pairs, PPO raises the proxy reward but not gold")
+def test_06_ppo_reaches_issue_5_targets(run_dir):
+    m = read_metrics(run_dir, "06_ppo")
+    assert m["win_rate_vs_sft"] >= 0.65 and m["gold"] > m["sft_gold"]
 
 
 @pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.name)
