@@ -200,8 +200,10 @@ class RewardConfig(_Preset):
     """Seeds the contexts, the sampled replies, the annotators' noise and the data order."""
 
     # --- comparisons (notebook 04) ---
-    prompts: int = 3000
-    """Training contexts to rank (toy-world training prompts), each giving one ranking of K."""
+    prompts: int = 1200
+    """Training contexts to rank (toy-world training prompts), each giving one ranking of K.
+    1,200 and 3,000 gave the same held-out accuracy (0.70 and 0.71 on clear gold pairs, seed 0),
+    and the smaller set leaves PPO room in the 12-minute course run on 2 cores."""
     k: int = 4
     """Replies per ranking (2..9); InstructGPT used 4 to 9. A context whose samples hold fewer
     distinct replies gets a smaller K, never fewer than 2."""
@@ -269,8 +271,9 @@ class PPOConfig(_Preset):
     """Seeds the training prompts, every sampled reply, the minibatch order and the evaluation."""
 
     # --- rollouts ---
-    steps: int = 60
-    """PPO steps; each samples `batch_size` replies (per process) and updates on them."""
+    steps: int = 30
+    """PPO steps; each samples `batch_size` replies (per process) and updates on them. 30 x 32
+    replies take about 2 minutes on 2 cores, inside the course's 12-minute run."""
     batch_size: int = 32
     """Replies sampled per step (per process when several run data-parallel)."""
     max_new_tokens: int = 64
@@ -280,8 +283,9 @@ class PPOConfig(_Preset):
     match, or the ratio and the KL are measured on another distribution than the one sampled)."""
 
     # --- the objective ---
-    init_kl_coef: float = 0.05
-    """beta, the weight of the per-token KL penalty to the SFT policy, at the start."""
+    init_kl_coef: float = 0.1
+    """beta, the weight of the per-token KL penalty to the SFT policy, at the start. Against the
+    cpu track's reward model a weaker leash (0.05, 60 steps) let gold fall further."""
     target_kl: float | None = 6.0
     """Per-reply KL (nats) the adaptive controller steers toward; None keeps beta fixed."""
     kl_horizon: int = 10_000
