@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from rlhf_course.config import PPOConfig
+from rlhf_course.evaluate import heldout_tasks
 from rlhf_course.generation import left_pad, sample_ids, trim_reply
 from rlhf_course.models import save_base
 from rlhf_course.runs import StageStopped, StageTimer, require, stage_dir
@@ -51,6 +52,8 @@ HISTORY = "history.jsonl"
 """One JSON line of training metrics per PPO step, in RUN_DIR/ppo/."""
 CHECKPOINT = "checkpoint"
 """RUN_DIR/ppo/checkpoint/: the last good state of an unfinished run; a re-run resumes from it."""
+CURVE = "curve.jsonl"
+"""Held-out gold, proxy and KL measured along training (only when `curve_every` > 0)."""
 SAMPLES = "samples.jsonl"
 """The PPO policy's held-out replies with their gold breakdown (like every stage's)."""
 
@@ -334,6 +337,30 @@ class _State:
     step: int = 0
     kl_coef: float = 0.0
     history: list[dict] = field(default_factory=list)
+    curve: list[dict] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PPOPaths:
+    """Where a PPO run starts, what it is scored by and where it writes. The reference of the KL
+    penalty is always RUN_DIR/sft/model, the policy the post's penalty keeps the model near."""
+
+    policy: Path
+    """The model the policy starts from (and, with `start_value` None, nothing else)."""
+    reward: Path
+    """A reward model folder as stage `rm` writes it: model/ and normalisation.json. The value
+    model starts from its weights."""
+    out: Path
+    """Where the model, history, checkpoint and held-out samples go."""
+    prompt_seed: int
+    """Seeds the training prompts: a new round gets new prompts."""
+
+    @classmethod
+    def stage(cls, run_dir, cfg: PPOConfig) -> PPOPaths:
+        """The `ppo` stage's own: from RUN_DIR/sft/model, against RUN_DIR/rm/, into RUN_DIR/ppo/."""
+        sft = require(run_dir, "sft", "model", profile=cfg.profile)
+        require(run_dir, "rm", "model", profile=cfg.profile)
+        return cls(sft, Path(run_dir) / "rm", stage_dir(run_dir, "ppo"), cfg.seed + 7919)
 
 
 def _check_config(cfg: PPOConfig) -> None:
@@ -350,9 +377,9 @@ def _check_config(cfg: PPOConfig) -> None:
         raise ValueError(f"PPOConfig.max_kl={cfg.max_kl}: the KL ceiling must be positive")
 
 
-def _training_tasks(cfg: PPOConfig, processes: int) -> list[Task]:
+def _training_tasks(cfg: PPOConfig, processes: int, prompt_seed: int) -> list[Task]:
     # Training prompts, disjoint in seed from the comparisons' (seed) and evaluation's (held-out).
-    return World(cfg.seed).tasks("train", cfg.steps * cfg.batch_size * processes, seed=cfg.seed + 7919)
+    return World(cfg.seed).tasks("train", cfg.steps * cfg.batch_size * processes, seed=prompt_seed)
 
 
 def _ptx_batches(run_dir, tokenizer, cfg: PPOConfig):
@@ -381,7 +408,8 @@ def _ptx_loss(model, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
 
 
 def train_ppo(cfg: PPOConfig, run_dir, live_plot: Callable[[int, dict], object] | None = None,
-              progress: bool = True) -> dict:
+              progress: bool = True, paths: PPOPaths | None = None, curve_every: int = 0,
+              curve_prompts: int = 96) -> dict:
     """Stage `ppo`: train RUN_DIR/ppo/model from RUN_DIR/sft/model against RUN_DIR/rm/, then
     report gold, proxy reward, KL to SFT and the win rate against SFT on held-out prompts.
 
@@ -389,6 +417,11 @@ def train_ppo(cfg: PPOConfig, run_dir, live_plot: Callable[[int, dict], object] 
     `live_plot(step, metrics)` is called after every step (see `plots.LivePanels`). A checkpoint
     is saved every `cfg.save_every` steps; a re-run resumes from it. A non-finite loss or a KL
     past `cfg.max_kl` raises `PPOStopped` and leaves the last good checkpoint in place.
+
+    `paths` runs PPO from another policy, against another reward model, into another folder (the
+    iterations and the over-optimisation run do). `curve_every` > 0 measures gold, proxy and KL
+    on `curve_prompts` held-out prompts before training and every `curve_every` steps
+    (OUT/curve.jsonl, and `curve` in the result): the points of an over-optimisation plot.
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -396,12 +429,13 @@ def train_ppo(cfg: PPOConfig, run_dir, live_plot: Callable[[int, dict], object] 
 
     from rlhf_course.models import load_checkpoint
     from rlhf_course.pretrain import resolve_precision
-    from rlhf_course.reward import load_reward_model
+    from rlhf_course.reward import load_reward_model_from
 
     _check_config(cfg)
-    out = stage_dir(run_dir, "ppo")
+    paths = paths or PPOPaths.stage(run_dir, cfg)
+    out = Path(paths.out)
+    out.mkdir(parents=True, exist_ok=True)
     sft_path = require(run_dir, "sft", "model", profile=cfg.profile)
-    require(run_dir, "rm", "model", profile=cfg.profile)
     cuda = cfg.profile != "cpu" and torch.cuda.is_available()
     precision = resolve_precision(cfg, "cuda" if cuda else "cpu")
     accelerator = Accelerator(cpu=not cuda, mixed_precision={"bf16": "bf16", "fp16": "fp16"}.get(precision, "no"))
@@ -411,10 +445,10 @@ def train_ppo(cfg: PPOConfig, run_dir, live_plot: Callable[[int, dict], object] 
     with StageTimer() as timer:
         ckpt = out / CHECKPOINT
         resume = (ckpt / "state.pt").exists()
-        tokenizer, model = load_checkpoint(ckpt / "policy" if resume else sft_path, cfg.profile, str(device))
+        tokenizer, model = load_checkpoint(ckpt / "policy" if resume else paths.policy, cfg.profile, str(device))
         _, ref_model = load_checkpoint(sft_path, cfg.profile, str(device))
-        reward_model = load_reward_model(run_dir, cfg.profile, str(device))
-        value_path = ckpt / "value" if resume else Path(run_dir) / "rm" / "model"
+        reward_model = load_reward_model_from(paths.reward, cfg.profile, str(device))
+        value_path = ckpt / "value" if resume else Path(paths.reward) / "model"
         value_rm = AutoModelForSequenceClassification.from_pretrained(value_path, dtype=model.dtype).to(device)
         ref_model.requires_grad_(False)
         reward_model.model.requires_grad_(False)
@@ -431,11 +465,24 @@ def train_ppo(cfg: PPOConfig, run_dir, live_plot: Callable[[int, dict], object] 
             saved = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
             opt_policy.load_state_dict(saved["opt_policy"])
             opt_value.load_state_dict(saved["opt_value"])
-            state = _State(saved["step"], saved["kl_coef"], saved["history"])
+            state = _State(saved["step"], saved["kl_coef"], saved["history"], saved.get("curve", []))
         policy, value_model, opt_policy, opt_value = accelerator.prepare(policy, value_model, opt_policy, opt_value)
         kl_ctl = KLController(state.kl_coef, cfg.target_kl, cfg.kl_horizon)
-        tasks = _training_tasks(cfg, processes)
+        tasks = _training_tasks(cfg, processes, paths.prompt_seed)
         ptx = _ptx_batches(run_dir, tokenizer, cfg) if cfg.ptx_coef > 0 else None
+        curve_tasks = heldout_tasks(World(cfg.seed), cfg)[:curve_prompts] if curve_every > 0 else []
+
+        def measure_curve(step: int) -> None:
+            # One process measures; the others wait (the points are for a plot, not training).
+            if main:
+                point = curve_point(accelerator.unwrap_model(policy).model, ref_model, tokenizer,
+                                    reward_model, curve_tasks, cfg)
+                state.curve.append({"step": step, **point})
+                (out / CURVE).write_text("".join(json.dumps(c) + "\n" for c in state.curve), encoding="utf-8")
+            accelerator.wait_for_everyone()
+
+        if curve_every > 0 and not state.curve:
+            measure_curve(0)
 
         bar = tqdm(range(state.step, cfg.steps), desc="ppo", disable=not (progress and main),
                    initial=state.step, total=cfg.steps)
@@ -537,6 +584,8 @@ def train_ppo(cfg: PPOConfig, run_dir, live_plot: Callable[[int, dict], object] 
                 bar.set_postfix(proxy=metrics["proxy_reward"], gold=metrics["gold"], kl=metrics["kl"])
                 if live_plot is not None:
                     live_plot(step + 1, metrics)
+            if curve_every > 0 and ((step + 1) % curve_every == 0 or step + 1 == cfg.steps):
+                measure_curve(step + 1)
             if (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
                 _save_checkpoint(accelerator, out, tokenizer, policy, value_model, opt_policy, opt_value, state)
         bar.close()
@@ -553,7 +602,9 @@ def train_ppo(cfg: PPOConfig, run_dir, live_plot: Callable[[int, dict], object] 
             final = accelerator.unwrap_model(policy).model
             save_base(out / "model", final, tokenizer)
             shutil.rmtree(ckpt, ignore_errors=True)
-            result = evaluate_ppo(final, ref_model, tokenizer, reward_model, run_dir, cfg, progress)
+            result = evaluate_ppo(final, ref_model, tokenizer, reward_model, run_dir, cfg, progress, out)
+            if curve_every > 0:
+                result["curve"] = state.curve
             result.update(train_steps=state.step, resumed_from_step=saved["step"] if resume else None,
                           processes=processes, replicas_in_sync=in_sync, final_kl_coef=round(kl_ctl.value, 5),
                           train_gold_last=state.history[-1]["gold"] if state.history else None)
@@ -574,7 +625,7 @@ def _save_checkpoint(accelerator, out: Path, tokenizer, policy, value_model, opt
         # The tokenizer travels with the policy so that `load_checkpoint` reads the folder alone.
         save_base(tmp / "policy", accelerator.unwrap_model(policy).model, tokenizer)
         accelerator.unwrap_model(value_model).model.save_pretrained(tmp / "value")
-        torch.save({"step": state.step, "kl_coef": state.kl_coef, "history": state.history,
+        torch.save({"step": state.step, "kl_coef": state.kl_coef, "history": state.history, "curve": state.curve,
                     "opt_policy": opt_policy.state_dict(), "opt_value": opt_value.state_dict()}, tmp / "state.pt")
         old = out / (CHECKPOINT + ".old")
         shutil.rmtree(old, ignore_errors=True)
@@ -598,12 +649,27 @@ def _stop(cfg: PPOConfig, out: Path, step: int, what: str, advice: str) -> None:
                      f"{advice}")
 
 
+def curve_point(policy_model, ref_model, tokenizer, reward_model, tasks: Sequence[Task], cfg: PPOConfig) -> dict:
+    """Gold, proxy reward and per-reply KL to the reference on `tasks` (held-out), one reply each
+    at the evaluation temperature and seed, with d = sqrt(KL), Gao et al.'s distance."""
+    ro = rollout(policy_model, tokenizer, tasks, cfg.max_new_tokens, cfg.temperature, cfg.eval_batch_size, cfg.seed)
+    kl = statistics.fmean(reply_kl(PolicyLogprobs(policy_model, cfg.temperature, cfg.logprob_chunk),
+                                   PolicyLogprobs(ref_model, cfg.temperature, cfg.logprob_chunk), ro,
+                                   tokenizer.pad_token_id, cfg.eval_batch_size))
+    proxy = reward_model.score([t.prompt for t in tasks], ro.texts, cfg.eval_batch_size)
+    gold = [gold_score(t, r).total for t, r in zip(tasks, ro.texts, strict=True)]
+    # A sampled estimate of KL can dip below 0 near the start; the distance treats it as 0.
+    return {"kl": round(kl, 4), "d": round(math.sqrt(max(kl, 0.0)), 4), "gold": round(statistics.fmean(gold), 4),
+            "proxy": round(statistics.fmean(proxy), 4),
+            "words": round(statistics.fmean(len(t.split()) for t in ro.texts), 2)}
+
+
 def evaluate_ppo(policy_model, ref_model, tokenizer, reward_model, run_dir, cfg: PPOConfig,
-                 progress: bool = False) -> dict:
+                 progress: bool = False, out: Path | None = None) -> dict:
     """The report figures of `ppo` on the held-out prompts every stage reports on: gold, proxy
     reward, the per-reply KL to SFT and the win rate against SFT's own replies (one sampled reply
     per prompt at the evaluation temperature, ties half), with a per-family table of both."""
-    from rlhf_course.evaluate import GoldEval, heldout_tasks, saved_replies, win_rate
+    from rlhf_course.evaluate import GoldEval, saved_replies, win_rate
 
     tasks = heldout_tasks(World(cfg.seed), cfg)
     ro = rollout(policy_model, tokenizer, tasks, cfg.max_new_tokens, cfg.temperature, cfg.eval_batch_size, cfg.seed)
@@ -611,7 +677,7 @@ def evaluate_ppo(policy_model, ref_model, tokenizer, reward_model, run_dir, cfg:
                   PolicyLogprobs(ref_model, cfg.temperature, cfg.logprob_chunk), ro, tokenizer.pad_token_id,
                   cfg.eval_batch_size)
     ppo_eval = GoldEval(tasks, ro.texts, [gold_score(t, r) for t, r in zip(tasks, ro.texts, strict=True)])
-    ppo_eval.save(Path(run_dir) / "ppo" / SAMPLES)
+    ppo_eval.save(Path(out or Path(run_dir) / "ppo") / SAMPLES)
     # SFT's side: its stage saved replies to these very prompts; sample them again if not.
     sft_texts = saved_replies(run_dir, "sft", tasks)
     if sft_texts is None:

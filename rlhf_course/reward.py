@@ -182,15 +182,29 @@ class RewardModel:
 
 def load_reward_model(run_dir, profile: str = "cpu", device: str | None = None) -> RewardModel:
     """The reward model stage `rm` saved in RUN_DIR/rm/, with its normalisation."""
+    require(run_dir, "rm", "model", profile=profile)
+    require(run_dir, "rm", NORMALISATION, profile=profile)
+    try:
+        return load_reward_model_from(Path(run_dir) / "rm", profile, device)
+    except (ValueError, KeyError, TypeError) as err:
+        raise_corrupt(run_dir, "rm", NORMALISATION, err, profile=profile)
+
+
+def load_reward_model_from(folder, profile: str = "cpu", device: str | None = None) -> RewardModel:
+    """A reward model from a folder holding model/ and normalisation.json (stage `rm`'s, or an
+    iteration round's). A missing or unreadable file raises with the path in the message."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    path = require(run_dir, "rm", "model", profile=profile)
-    norm_path = require(run_dir, "rm", NORMALISATION, profile=profile)
+    folder = Path(folder)
+    norm_path, path = folder / NORMALISATION, folder / "model"
+    for needed in (norm_path, path):
+        if not needed.exists():
+            raise FileNotFoundError(f"no reward model at {folder}: {needed.name} is missing")
     try:
         norm = json.loads(norm_path.read_text(encoding="utf-8"))
         offset, scale, max_length = float(norm["offset"]), float(norm["scale"]), int(norm["max_length"])
     except (ValueError, KeyError, TypeError) as err:
-        raise_corrupt(run_dir, "rm", NORMALISATION, err, profile=profile)
+        raise ValueError(f"{norm_path} is unreadable ({err}); retrain the reward model that wrote it") from err
     dtype = BaseConfig.preset(profile).dtype
     if device is None:
         device = "cuda" if profile != "cpu" and torch.cuda.is_available() else "cpu"

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from _runs import TINY_PPO, tiny_run
 
 from rlhf_course import ppo
 from rlhf_course.ppo import (
@@ -206,28 +207,10 @@ def test_the_stage_needs_sft_and_rm(tmp_path):
 @pytest.fixture(scope="module")
 def ppo_run(tmp_path_factory):
     """A tiny run folder with base (standing in for SFT), demonstrations, comparisons and RM."""
-    from rlhf_course.comparisons import collect_comparisons
-    from rlhf_course.config import BaseConfig, RewardConfig, SFTConfig
-    from rlhf_course.pretrain import run_base_stage
-    from rlhf_course.reward import train_reward_model
-    from rlhf_course.sft import build_demonstrations
-
-    run = tmp_path_factory.mktemp("ppo_run")
-    base = {"steps": 12, "corpus_docs": 400, "d_model": 64, "n_heads": 2, "d_ff": 128, "n_layers": 1,
-            "vocab_size": 320, "batch_size": 8, "eval_prompts": 200, "max_new_tokens": 8}
-    run_base_stage(BaseConfig.preset("cpu", **base), run, progress=False)
-    build_demonstrations(SFTConfig.preset("cpu", dialogues=40), run)
-    (run / "sft").mkdir()
-    (run / "sft" / "model").symlink_to(run / "base" / "model")
-    small = {"prompts": 16, "k": 3, "eval_prompts": 200, "max_new_tokens": 8, "batch_size": 4,
-             "epochs": 1.0, "sample_batch_size": 100, "score_batch_size": 100}
-    collect_comparisons(RewardConfig.preset("cpu", **small), run, progress=False)
-    train_reward_model(RewardConfig.preset("cpu", **small), run, progress=False)
-    return run
+    return tiny_run(tmp_path_factory.mktemp("ppo_run"))
 
 
-TINY = {"steps": 4, "batch_size": 8, "minibatch_size": 4, "max_new_tokens": 8, "eval_prompts": 200,
-        "eval_batch_size": 100, "save_every": 2, "lr": 1e-3}
+TINY = TINY_PPO
 
 
 def _copy_run(src, dst):
