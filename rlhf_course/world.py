@@ -482,6 +482,8 @@ class World:
         for i, pair in enumerate(pairs):
             self._entity_split[("clarify", pair)] = "heldout" if i < n_held else "train"
         self._template_split: dict[str, str] = {}  # filled lazily by template_split()
+        # (group, index) that `_pick_template` uses instead of its draw; only `rephrasings` sets it.
+        self._template_override: tuple[str, int] | None = None
 
     # --- splits ---
 
@@ -501,10 +503,18 @@ class World:
             self._template_split[template_id] = "heldout" if int(idx) in order[:n_held] else "train"
         return self._template_split[template_id]
 
+    def template_ids(self, group: str, split: str) -> list[int]:
+        """Indices of the phrasings of `group` (e.g. 'fact.born', 'harmful') that `split` uses."""
+        return [i for i in range(_template_count(group)) if self.template_split(f"{group}.{i}") == split]
+
     def _pick_template(self, group: str, templates: Sequence[str], split: str,
                        rng: random.Random) -> tuple[int, str]:
         ids = [i for i in range(len(templates)) if self.template_split(f"{group}.{i}") == split]
         i = rng.choice(ids)
+        # The draw above happens even when a phrasing is forced, so everything drawn after it
+        # (entities, numbers, the ideal reply) is the same whichever phrasing `rephrasings` asks for.
+        if self._template_override is not None and self._template_override[0] == group:
+            i = self._template_override[1]
         return i, templates[i]
 
     def _pick(self, items: Sequence[Any], key, split: str, family: str, rng: random.Random):
@@ -530,6 +540,39 @@ class World:
     def make_task(self, family: str, split: str, rng: random.Random) -> Task:
         """One task of `family` from `split`, drawing every choice from `rng`."""
         return getattr(self, f"_task_{family}")(split, rng)
+
+    def rephrasings(self, family: str, split: str, n_questions: int, seed: int = 0) -> list[list[Task]]:
+        """`n_questions` questions of `family`, each asked in every phrasing `split` has for it.
+
+        One inner list is one question: the same entities, numbers and ideal reply, only the
+        wording of the (last) request differs. A policy that understood the question should
+        get the same verdict in every wording; `evaluate.phrasing_consistency` measures that.
+        Deterministic; `World.tasks` is unaffected.
+        """
+        works = phrasing_families(self, split)
+        if family not in works:
+            raise ValueError(f"family {family!r} has fewer than 2 {split} phrasings to compare; "
+                             f"families that have them: {', '.join(works)}")
+        questions = []
+        for q in range(n_questions):
+            state = random.Random(f"rephrase:{self.seed}:{family}:{split}:{seed}:{q}").getstate()
+            group = self._forced_task(family, split, state, None).template.rsplit(".", 1)[0]
+            tasks = [self._forced_task(family, split, state, (group, i))
+                     for i in self.template_ids(group, split)]
+            _check_same_question(tasks)
+            questions.append(tasks)
+        return questions
+
+    def _forced_task(self, family: str, split: str, state: tuple,
+                     override: tuple[str, int] | None) -> Task:
+        """`make_task` from a copy of the random state `state`, with phrasing `override` forced."""
+        rng = random.Random()
+        rng.setstate(state)
+        self._template_override = override
+        try:
+            return self.make_task(family, split, rng)
+        finally:
+            self._template_override = None
 
     def showcase(self) -> list[Task]:
         """Held-out prompts shaped like the post's examples, the same in notebooks 01, 03, 06, 08:
@@ -861,6 +904,37 @@ class World:
         return "\n".join(
             f"{'Q' if m['role'] == 'user' else 'A'} ({rng.choice(users)}): {m['content']}" for m in turns
         )
+
+
+PHRASING_FACTS = ("asked",)
+"""Fields of `Task.facts` that quote the request's wording, so differ between rephrasings."""
+
+
+def phrasing_families(world: World, split: str) -> list[str]:
+    """Families whose every question can be asked in at least two `split` phrasings (fact
+    questions pick a kind first, so each kind must have two), i.e. those `rephrasings` accepts."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}: use one of {SPLITS}")
+    return [f for f in FAMILIES
+            if all(len(world.template_ids(g, split)) >= 2 for g in _phrasing_groups(f))]
+
+
+def _phrasing_groups(family: str) -> list[str]:
+    """The template groups that give a task of `family` its `template` (not follow-up openers)."""
+    return [f"fact.{kind}" for kind in FACT_ASKS] if family == "fact" else [family]
+
+
+def _check_same_question(tasks: Sequence[Task]) -> None:
+    """Guard for `rephrasings`: one question in several wordings, nothing else different."""
+    def content(t: Task) -> dict[str, Any]:
+        return {k: v for k, v in t.facts.items() if k not in PHRASING_FACTS}
+    first = tasks[0]
+    for t in tasks[1:]:
+        if content(t) != content(first) or t.ideal != first.ideal:
+            raise RuntimeError(f"rephrasings of one {first.family} question differ beyond their "
+                               f"wording: {first.template} vs {t.template}")
+    if len({t.template for t in tasks}) != len(tasks):
+        raise RuntimeError(f"rephrasings repeat a phrasing: {[t.template for t in tasks]}")
 
 
 def _template_count(group: str) -> int:

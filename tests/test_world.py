@@ -7,11 +7,13 @@ import pytest
 
 from rlhf_course.world import (
     FAMILIES,
+    PHRASING_FACTS,
     Annotators,
     Task,
     World,
     annotator_agreement,
     gold_score,
+    phrasing_families,
 )
 
 
@@ -192,3 +194,72 @@ def test_showcase_covers_the_posts_examples(world):
         assert f in families
     assert all(t.split == "heldout" for t in world.showcase())
     assert world.showcase() == World(0).showcase()
+
+
+# Rephrasings: one question in every held-out wording, for the consistency check.
+def _without_wording(task):
+    return {k: v for k, v in task.facts.items() if k not in PHRASING_FACTS}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_rephrasings_ask_one_question_in_every_phrasing(world, family):
+    questions = world.rephrasings(family, "heldout", 3, seed=1)
+    assert len(questions) == 3
+    for tasks in questions:
+        group = tasks[0].template.rsplit(".", 1)[0]
+        expected = [f"{group}.{i}" for i in world.template_ids(group, "heldout")]
+        assert [t.template for t in tasks] == expected and len(expected) >= 2
+        assert all(world.template_split(t.template) == "heldout" for t in tasks)
+        assert len({t.messages[-1]["content"] for t in tasks}) == len(tasks)
+        # Same entities, numbers and answer: only the wording (and facts quoting it) differs.
+        assert all(_without_wording(t) == _without_wording(tasks[0]) for t in tasks)
+        assert all(t.ideal == tasks[0].ideal and t.messages[:-1] == tasks[0].messages[:-1]
+                   for t in tasks)
+        assert all(gold_score(t, t.ideal).total == 1.0 for t in tasks)
+
+
+def test_rephrasings_contain_the_task_the_same_seed_draws_unforced(world):
+    # Forcing the phrasing the draw would have picked anyway must give back exactly that task.
+    for family in ("fact", "followup", "false_premise"):
+        for q, tasks in enumerate(world.rephrasings(family, "heldout", 4, seed=2)):
+            rng = random.Random(f"rephrase:{world.seed}:{family}:heldout:2:{q}")
+            assert world.make_task(family, "heldout", rng) in tasks
+    assert world.rephrasings("clarify", "heldout", 2, seed=3) == World(0).rephrasings(
+        "clarify", "heldout", 2, seed=3)
+    assert world.rephrasings("clarify", "heldout", 2, seed=3) != world.rephrasings(
+        "clarify", "heldout", 2, seed=4)
+
+
+def test_rephrasings_leave_tasks_unchanged_even_after_an_error():
+    w = World(0)
+    before = w.tasks("heldout", 40, seed=3)
+    for family in FAMILIES:
+        w.rephrasings(family, "heldout", 2)
+    original = w._task_harmful
+
+    def broken(split, rng):
+        if w._template_override is not None:
+            raise RuntimeError("boom")
+        return original(split, rng)
+
+    w._task_harmful = broken
+    with pytest.raises(RuntimeError, match="boom"):
+        w.rephrasings("harmful", "heldout", 1)
+    del w._task_harmful
+    assert w._template_override is None
+    assert w.tasks("heldout", 40, seed=3) == before == World(0).tasks("heldout", 40, seed=3)
+
+
+def test_phrasing_families_and_the_error_for_a_family_with_one_phrasing(world):
+    # A held-out share of 0.35 leaves round(0.35 n) >= 2 phrasings of every group (n >= 6).
+    assert phrasing_families(world, "heldout") == list(FAMILIES)
+    assert len(world.template_ids("fact.born", "heldout")) == round(6 * 0.35) == 2
+    w = World(0)
+    for i in range(8):  # CLARIFY_ASKS has 8 phrasings: hold out only the first
+        w._template_split[f"clarify.{i}"] = "heldout" if i == 0 else "train"
+    assert "clarify" not in phrasing_families(w, "heldout")
+    assert "clarify" in phrasing_families(w, "train")
+    with pytest.raises(ValueError, match="clarify.*fewer than 2.*false_premise"):
+        w.rephrasings("clarify", "heldout", 1)
+    with pytest.raises(ValueError, match="'poetry'"):
+        w.rephrasings("poetry", "heldout", 1)
