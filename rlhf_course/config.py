@@ -346,3 +346,87 @@ class PPOConfig(_Preset):
         "a100": {"batch_size": 64, "minibatch_size": 16, "lr": 1e-6, "value_lr": 5e-6, "steps": 300,
                  "max_new_tokens": 256, "logprob_chunk": 64, "eval_batch_size": 128},
     }
+
+
+@dataclass(frozen=True)
+class IterateConfig(_Preset):
+    """Stage `iterate` (notebook 07): rounds of new comparisons on the current policy, the reward
+    model extended with them, and PPO from the current policy. Everything not set here (K, the
+    annotators, PPO's objective and batch sizes) comes from the `RewardConfig` and `PPOConfig`
+    presets of the same profile and seed."""
+
+    profile: str = "cpu"
+    """Hardware profile this config was made for ('cpu', 't4', 'a100')."""
+    seed: int = 0
+    """Seeds every round's contexts, samples, rankings and PPO prompts (each round its own)."""
+    rounds: int = 2
+    """Rounds of collect -> retrain the reward model -> PPO. The post: "several iterations"."""
+    start: str = "ppo"
+    """The stage whose policy round 1 starts from ('ppo', or 'sft' to iterate from scratch)."""
+    prompts: int = 300
+    """New training contexts ranked per round, on the current policy's samples."""
+    heldout_prompts: int = 120
+    """Fresh held-out prompts per round whose rankings measure the reward model on the current
+    policy's replies, before and after it is retrained (a shifted distribution)."""
+    rm_epochs: float = 1.0
+    """Passes of the reward model over the round's rankings (plus the replayed old ones)."""
+    rm_replay: float = 1.0
+    """Old rankings replayed per new one when the reward model is extended, so that it keeps
+    what it learned on earlier policies."""
+    rm_lr: float = 3e-4
+    """Learning rate for extending the reward model (it starts trained: lower than stage `rm`)."""
+    ppo_steps: int = 15
+    """PPO steps per round, from the round's starting policy."""
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "cpu": {},
+        "t4": {"prompts": 1000, "heldout_prompts": 200, "rm_lr": 5e-6, "ppo_steps": 100},
+        "a100": {"rounds": 3, "prompts": 2000, "heldout_prompts": 300, "rm_lr": 3e-6, "ppo_steps": 150},
+    }
+
+
+@dataclass(frozen=True)
+class EvalConfig(_Preset):
+    """Stage `eval` (notebook 08): the post's limitations measured on held-out prompts for every
+    stage present, and over-optimisation measured with best-of-n and a weakly leashed PPO run."""
+
+    profile: str = "cpu"
+    """Hardware profile this config was made for ('cpu', 't4', 'a100')."""
+    seed: int = 0
+    """Seeds the prompts, the samples and the weak-KL PPO run."""
+    behaviour_prompts: int = 48
+    """Held-out prompts per family for the refusal, over-refusal, false-premise and clarifying
+    rates (harmful, benign, false_premise, clarify)."""
+    phrasing_questions: int = 8
+    """Questions per family asked in every held-out phrasing, for phrasing consistency."""
+    bon_prompts: int = 64
+    """Held-out prompts for best-of-n."""
+    bon_samples: int = 16
+    """Samples per prompt from the SFT policy; best-of-n is computed exactly for n up to this."""
+    weak_kl_coef: float = 0.01
+    """beta of the weakly leashed PPO run (kept fixed), against stage `rm`'s reward model."""
+    weak_kl_steps: int = 30
+    """Steps of the weak-KL run. On the cpu track (seed 0) held-out gold peaked near step 10 and
+    had fallen well below SFT's by step 30, while the proxy kept rising."""
+    weak_kl_lr: float = 2e-4
+    """Policy learning rate of the weak-KL run."""
+    curve_every: int = 5
+    """Held-out gold, proxy and KL are measured every this many steps of the weak-KL run."""
+    curve_prompts: int = 96
+    """Held-out prompts per point of that curve."""
+    max_new_tokens: int = 64
+    """Longest sampled reply, in tokens."""
+    temperature: float = 0.7
+    """Sampling temperature (the same as every stage's evaluation)."""
+    eval_batch_size: int = 48
+    """Prompts per generation batch."""
+    eval_prompts: int = 240
+    """The held-out prompts every stage reports on (win rates are computed on them)."""
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "cpu": {},
+        "t4": {"weak_kl_steps": 150, "weak_kl_lr": 3e-6, "curve_every": 15, "max_new_tokens": 128,
+               "eval_batch_size": 64},
+        "a100": {"weak_kl_steps": 200, "weak_kl_lr": 2e-6, "curve_every": 20, "max_new_tokens": 256,
+                 "eval_batch_size": 128},
+    }
