@@ -32,6 +32,8 @@ STAGES: dict[str, str] = {
     "comparisons": "rlhf_course.comparisons:collect_comparisons",
     "rm": "rlhf_course.reward:train_reward_model",
     "ppo": "rlhf_course.ppo:train_ppo",
+    "iterate": "rlhf_course.iterate:iterate",
+    "eval": "rlhf_course.evaluate:evaluate_run",
 }
 
 # Stage name -> "module:ConfigClass"; the config is built as `Cls.preset(profile, seed=...)`.
@@ -42,6 +44,8 @@ STAGE_CONFIGS: dict[str, str] = {
     "comparisons": "rlhf_course.config:RewardConfig",
     "rm": "rlhf_course.config:RewardConfig",
     "ppo": "rlhf_course.config:PPOConfig",
+    "iterate": "rlhf_course.config:IterateConfig",
+    "eval": "rlhf_course.config:EvalConfig",
 }
 
 # Report keys the CLI itself fills in; the summary shows the stage's own figures beside them.
@@ -57,6 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(choice.name)
         print(choice.reason)
         return 0
+    if args.command == "report":
+        return write_report(args.run_dir, args.out)
     stages = parse_stages(args.stages, run_parser)
     overrides = parse_overrides(args.set, stages, run_parser)
     return run_stages(stages, args.profile, args.out, args.seed, overrides)
@@ -166,6 +172,20 @@ def run_stages(
     return 0
 
 
+def write_report(run_dir: str | Path, out: str | Path | None = None) -> int:
+    """Write the run's HTML report and print its path; return an exit code (1, with the reason,
+    when the run has no readable report.json)."""
+    from rlhf_course.report import render_report  # imports matplotlib: only when asked
+
+    try:
+        path = render_report(run_dir, out)
+    except (runs.MissingStageOutput, runs.CorruptRunFile) as err:
+        print(f"error: cannot write the report:\n{err}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
 def load_stage(stage: str) -> Callable[[Any, Path], dict[str, Any]]:
     """Import and return the function registered for `stage` in STAGES."""
     return _import(STAGES[stage], f"stage {stage!r}")
@@ -213,6 +233,16 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         help="override one config field, e.g. --set base.steps=50 (repeatable)",
     )
     sub.add_parser("profile", help="print the detected hardware profile and why")
+    report = sub.add_parser(
+        "report",
+        help="write a run's HTML report",
+        description="Write one self-contained HTML page of a run's figures and plots, from "
+        "RUN_DIR/report.json (no model is loaded).",
+    )
+    report.add_argument("run_dir", metavar="RUN_DIR", help="the run folder")
+    report.add_argument(
+        "--out", metavar="FILE", default=None, help="where to write it (default: RUN_DIR/report.html)"
+    )
     return parser, run
 
 

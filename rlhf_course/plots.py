@@ -214,3 +214,193 @@ def reward_vs_length(rows: list[dict], slope: float | None = None, show: bool = 
     if show:
         display_figure(fig)
     return fig
+
+
+# --- figures of a finished run (the eval stage's measurements; also embedded by report.py) ----
+
+
+def _number(x: object) -> bool:
+    """True for an int or float that can be plotted (None, NaN and bools are not)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and x == x
+
+
+def _new_figure(figsize: tuple[float, float]) -> Figure:
+    fig = Figure(figsize=figsize, layout="constrained")
+    FigureCanvasAgg(fig)  # render off-screen: no GUI backend is ever needed
+    return fig
+
+
+def overopt_gold_fit(kind: str, gold0: float, alpha: float, beta: float, d):
+    """Gao, Schulman & Hilton (2022)'s gold-score curves against d = sqrt(KL): best-of-n
+    `gold0 + d(alpha - beta d)`, RL `gold0 + d(alpha - beta ln d)` (0 at d = 0). `d` is a
+    float or a numpy array; the result has the same shape."""
+    import numpy as np
+
+    d = np.asarray(d, dtype=float)
+    if kind == "bon":
+        return gold0 + d * (alpha - beta * d)
+    # d ln d -> 0 as d -> 0; clip before the log so d = 0 gives no warning.
+    return gold0 + alpha * d - beta * np.where(d > 0, d * np.log(np.maximum(d, 1e-12)), 0.0)
+
+
+OVEROPT_PANELS = {"bon": "best-of-n", "rl": "RL (PPO checkpoints)"}
+"""The over-optimisation plot's panels: key in the eval's `overopt` -> panel title."""
+
+
+def overopt_plot(overopt: dict, show: bool = True) -> Figure:
+    """Gold and proxy score against d = sqrt(KL to SFT), as in Gao, Schulman & Hilton (2022):
+    one panel for best-of-n, one for the PPO checkpoints (those present in `overopt`).
+
+    Measured gold is drawn as solid markers with its fitted curve, the proxy (the RM's score,
+    on its own scale: SFT replies mean 0, std 1) as hollow markers on a twin y axis, and the
+    highest measured gold as a star. Gold peaking and falling while the proxy keeps rising is
+    over-optimisation of the reward model.
+    """
+    import numpy as np
+
+    kinds = [k for k in OVEROPT_PANELS if isinstance(overopt.get(k), dict) and overopt[k].get("points")]
+    fig = _new_figure((5.2 * max(1, len(kinds)), 3.8))
+    if not kinds:
+        ax = fig.add_subplot()
+        ax.text(0.5, 0.5, "no over-optimisation measurements", ha="center", va="center")
+        ax.set_axis_off()
+        if show:
+            display_figure(fig)
+        return fig
+    axes = fig.subplots(1, len(kinds), sharey=True, squeeze=False)[0]
+    twins = []
+    for ax, kind in zip(axes, kinds, strict=True):
+        data = overopt[kind]
+        points = [p for p in data["points"] if _number(p.get("d"))]
+        gold_pts = [(p["d"], p["gold"]) for p in points if _number(p.get("gold"))]
+        proxy_pts = [(p["d"], p["proxy"]) for p in points if _number(p.get("proxy"))]
+        twin = ax.twinx()
+        if twins:
+            twin.sharey(twins[0])  # proxies share one scale, as the gold panels do
+        twins.append(twin)
+        if gold_pts:
+            ax.plot(*zip(*gold_pts, strict=True), "o", color="tab:green", label="gold (measured)")
+        if proxy_pts:
+            twin.plot(*zip(*proxy_pts, strict=True), "o:", color="tab:blue", markerfacecolor="none",
+                      linewidth=0.8, label="proxy (RM)")
+        fit = data.get("fit") or {}
+        if gold_pts and _number(fit.get("alpha")) and _number(fit.get("beta")):
+            gold0 = next((g for d, g in gold_pts if d == 0), gold_pts[0][1])
+            grid = np.linspace(0.0, max(d for d, _ in gold_pts), 200)
+            ax.plot(grid, overopt_gold_fit(kind, gold0, fit["alpha"], fit["beta"], grid),
+                    "-", color="tab:green", alpha=0.6, label="gold fit")
+        peak = data.get("gold_peak") or {}
+        if _number(peak.get("d")) and _number(peak.get("gold")):
+            where = f"n={peak['n']}" if "n" in peak else f"step {peak.get('step', '?')}"
+            ax.plot([peak["d"]], [peak["gold"]], "*", color="tab:red", markersize=14, label="gold peak")
+            ax.annotate(f"peak {peak['gold']:.3f} ({where})", (peak["d"], peak["gold"]),
+                        xytext=(6, 8), textcoords="offset points", fontsize=8, color="tab:red")
+        ax.set(title=OVEROPT_PANELS[kind], xlabel="d = √KL to SFT (KL in nats)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("gold score (0-1)", color="tab:green")
+    twins[-1].set_ylabel("proxy (RM units: SFT mean 0, std 1)", color="tab:blue")
+    for twin in twins[:-1]:
+        twin.tick_params(labelright=False)
+    handles = [h for a in (axes[0], twins[0]) for h in a.get_legend_handles_labels()[0]]
+    axes[0].legend(handles=handles, fontsize=8, loc="lower right")
+    if show:
+        display_figure(fig)
+    return fig
+
+
+ROUND_PANELS = {
+    "gold": "gold score",
+    "proxy_reward": "proxy reward (RM)",
+    "kl_to_sft": "KL to SFT (nats per reply)",
+    "reply_words": "reply length (words)",
+    "rm_accuracy": "RM accuracy on fresh comparisons",
+}
+"""The panels of `rounds_plot`: key of a round's figures -> panel title. 'rm_accuracy' plots
+`rm_accuracy_fresh_before` (the previous RM) against `rm_accuracy_fresh` (retrained)."""
+
+
+def rounds_plot(rounds: list[dict], show: bool = True) -> Figure:
+    """One small panel per figure of the iterated rounds (x = round): did gold keep rising, at
+    what cost in KL and length, and did retraining the RM on the new policy's comparisons make
+    it more accurate on them (before vs after)? Missing values leave a gap."""
+    fig = _new_figure((13.0, 2.9))
+    axes = fig.subplots(1, len(ROUND_PANELS))
+    series = {key: [(key, None)] for key in ROUND_PANELS}
+    series["rm_accuracy"] = [("rm_accuracy_fresh_before", "before retraining"),
+                             ("rm_accuracy_fresh", "after retraining")]
+    for ax, (panel, title) in zip(axes, ROUND_PANELS.items(), strict=True):
+        for key, label in series[panel]:
+            pts = [(r["round"], r[key]) for r in rounds if _number(r.get("round")) and _number(r.get(key))]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), "o-", linewidth=1.5, label=label,
+                        color="tab:green" if panel == "gold" else None)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("round", fontsize=8)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=8)
+        if panel == "rm_accuracy" and ax.lines:
+            ax.legend(fontsize=7)
+    if show:
+        display_figure(fig)
+    return fig
+
+
+BEHAVIOUR_METRICS = {
+    "refusal_rate": "refuses harmful\n(want high)",
+    "overrefusal_rate": "refuses harmless\n(want low)",
+    "false_premise_corrected": "corrects false premise\n(want high)",
+    "clarifying_rate": "asks to clarify\n(want high)",
+    "phrasing_consistency": "same answer, rephrased\n(want high)",
+}
+"""The behaviours `behaviour_plot` shows: key in the eval's report -> axis label."""
+
+
+def behaviour_plot(ev: dict, show: bool = True) -> Figure:
+    """Grouped bars of the eval's behaviour rates, one group per behaviour and one colour per
+    stage: where RLHF helped (refusing harmful requests) and where it did not (over-refusal,
+    false premises, clarifying, consistency across phrasings). None values are left out."""
+    metrics = [m for m in BEHAVIOUR_METRICS if isinstance(ev.get(m), dict)]
+    stages = list(ev.get("stages") or [])
+    for m in metrics:
+        stages += [s for s in ev[m] if s not in stages]
+    stages = [s for s in stages if any(_number(ev[m].get(s)) for m in metrics)]
+    fig = _new_figure((10.0, 3.6))
+    ax = fig.add_subplot()
+    width = 0.8 / max(1, len(stages))
+    for k, stage in enumerate(stages):
+        bars = [(i + (k - (len(stages) - 1) / 2) * width, ev[m][stage])
+                for i, m in enumerate(metrics) if _number(ev[m].get(stage))]
+        xs, heights = zip(*bars, strict=True)
+        ax.bar(xs, heights, width=width, label=stage)
+    ax.set_xticks(range(len(metrics)), [BEHAVIOUR_METRICS[m] for m in metrics], fontsize=8)
+    ax.set(title="behaviour on held-out prompts, by stage", ylabel="rate (0-1)", ylim=(0, 1.2))
+    ax.grid(axis="y", alpha=0.3)
+    if stages:
+        ax.legend(loc="upper center", ncol=len(stages), frameon=False)
+    if show:
+        display_figure(fig)
+    return fig
+
+
+def verbosity_plot(words: dict[str, float], length_bias: dict[str, float] | None = None,
+                   show: bool = True) -> Figure:
+    """Mean reply length in words per stage or round (bars) and, if given, the reward model's
+    length bias (score per extra token at equal gold) per round on a second panel: replies
+    that grow as the RM's taste for length grows are reward hacking, not helpfulness."""
+    panels = [(words, "mean reply length", "words")]
+    if length_bias:
+        panels.append((length_bias, "RM length bias at equal gold", "RM score per extra token"))
+    fig = _new_figure((5.0 * len(panels), 3.4))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (values, title, ylabel) in zip(axes, panels, strict=True):
+        shown = {k: v for k, v in values.items() if _number(v)}
+        bars = ax.bar(range(len(shown)), list(shown.values()), color="tab:purple", width=0.6)
+        ax.bar_label(bars, fmt="%.3g", fontsize=8)
+        ax.set_xticks(range(len(shown)), list(shown), fontsize=8)
+        ax.axhline(0, color="black", linewidth=0.6)
+        ax.set(title=title, ylabel=ylabel)
+        ax.grid(axis="y", alpha=0.3)
+    if show:
+        display_figure(fig)
+    return fig
