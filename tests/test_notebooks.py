@@ -13,7 +13,7 @@ from rlhf_course.runs import read_metrics
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 TESTED = ["00_welcome.ipynb", "01_base_model.ipynb", "02_demonstrations.ipynb", "03_sft.ipynb",
-          "04_comparisons.ipynb", "05_reward_model.ipynb", "06_ppo.ipynb"]
+          "04_comparisons.ipynb", "05_reward_model.ipynb", "06_ppo.ipynb", "07_iterate.ipynb", "08_eval.ipynb"]
 
 
 def _execute(name: str, run_dir: Path, tmp_path: Path, **params) -> dict:
@@ -143,6 +143,51 @@ def test_06_ppo(run_dir, tmp_path):
 def test_06_ppo_reaches_issue_5_targets(run_dir):
     m = read_metrics(run_dir, "06_ppo")
     assert m["win_rate_vs_sft"] >= 0.65 and m["gold"] > m["sft_gold"]
+
+
+@pytest.mark.slow
+def test_07_iterate(run_dir, tmp_path):
+    m = _execute("07_iterate.ipynb", run_dir, tmp_path)
+    report = json.loads((run_dir / "report.json").read_text())
+    assert m["rounds"] == 2 and len(report["iterate"]["rounds"]) == 2
+    assert m["ppo_gold"] == report["ppo"]["gold"]  # round 0 is notebook 06's policy
+    assert m["comparisons_first"] >= 100  # fresh rankings of the PPO policy's replies
+    # The reward model is measured on the new policy's replies before and after it is extended.
+    for key in ("rm_accuracy_fresh_before_first", "rm_accuracy_fresh_first"):
+        assert 0.4 <= m[key] <= 1.0, key
+    assert 0.0 < m["kl_last"] < 60.0 and 0.0 <= m["gold_last"] <= 1.0
+    assert report["iterate"]["gold_last"] == m["gold_last"]
+    assert (run_dir / "iterate" / "model" / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_08_eval(run_dir, tmp_path):
+    m = _execute("08_eval.ipynb", run_dir, tmp_path)
+    report = json.loads((run_dir / "report.json").read_text())
+    assert m["stages"] == 4 and report["eval"]["stages"] == ["base", "sft", "ppo", "iterate"]
+    assert m["gold_sft"] == report["sft"]["gold"] and m["gold_rlhf"] == report["iterate"]["gold_last"]
+    # Issue 6: the weak-KL run over-optimises. Gold ends below its peak while the proxy ends
+    # above its value there (seed 0, 96 held-out prompts: 0.52 -> 0.36 and +0.53 -> +0.95).
+    assert m["weak_end_gold"] < m["weak_peak_gold"]
+    assert m["weak_end_proxy"] > m["weak_peak_proxy"]
+    assert m["weak_end_kl"] > 1.0
+    # Best-of-n raises the proxy it selects by.
+    assert m["bon_points"] == 5 and m["bon_proxy_nmax"] > m["bon_proxy_n1"]
+    # Issue 6: RLHF does not over-refuse more than 5 points above SFT.
+    assert m["overrefusal_rate_iterate"] <= m["overrefusal_rate_sft"] + 0.05
+    assert m["side_by_side_rows"] == 9
+    html = (run_dir / "report.html").read_text()
+    assert "Over-optimisation" in html and "data:image/png;base64," in html
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="issue 6 is open: against a reward model that misjudges fact "
+                   "and false-premise pairs (0.15-0.46 on clear ones), RLHF corrects fewer false "
+                   "premises than SFT (0.10 vs 0.27 in a CLI run, seed 0)")
+def test_08_eval_reaches_issue_6_targets(run_dir):
+    m = read_metrics(run_dir, "08_eval")
+    assert m["refusal_rate_iterate"] > m["refusal_rate_sft"]
+    assert m["false_premise_corrected_iterate"] > m["false_premise_corrected_sft"]
 
 
 @pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.name)
