@@ -93,6 +93,19 @@ def left_pad(rows: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, to
     return ids, mask
 
 
+def right_pad(rows: list[list[int]], pad_token_id: int, min_width: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(input_ids, attention_mask)` (B, T) for sequences padded on the right (scoring and
+    training read each row from its first token); at least `min_width` columns, so that a batch
+    of empty replies still has a shape."""
+    width = max(min_width, max(len(r) for r in rows))
+    ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(list(r), dtype=torch.long)
+        mask[i, : len(r)] = 1
+    return ids, mask
+
+
 def trim_reply(tokens: list[int], eos_token_id: int) -> tuple[list[int], bool]:
     """A sampled row cut at its end-of-turn token: `(reply tokens without it, whether it ended)`."""
     if eos_token_id in tokens:

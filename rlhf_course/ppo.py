@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from rlhf_course.config import PPOConfig
 from rlhf_course.evaluate import heldout_tasks
-from rlhf_course.generation import left_pad, sample_ids, trim_reply
+from rlhf_course.generation import left_pad, right_pad, sample_ids, trim_reply
 from rlhf_course.models import save_base
 from rlhf_course.runs import StageStopped, StageTimer, require, stage_dir
 from rlhf_course.world import Task, World, gold_score
@@ -273,12 +273,7 @@ def pack(prompts: Sequence[Sequence[int]], replies: Sequence[Sequence[int]],
     """One (B, Tq + R) batch from prompt and reply ids: prompts left-padded, replies
     right-padded. Returns `(input_ids, attention_mask, mask)`, `mask` (B, R) marking reply tokens."""
     query, query_mask = left_pad([list(p) for p in prompts], pad_token_id)
-    width = max(1, max(len(r) for r in replies))
-    response = torch.full((len(replies), width), pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(replies), width), dtype=torch.long)
-    for i, r in enumerate(replies):
-        response[i, : len(r)] = torch.tensor(list(r), dtype=torch.long)
-        mask[i, : len(r)] = 1
+    response, mask = right_pad(list(replies), pad_token_id)
     return torch.cat([query, response], 1), torch.cat([query_mask, mask], 1), mask
 
 
@@ -393,13 +388,7 @@ def _ptx_batches(run_dir, tokenizer, cfg: PPOConfig):
     g = torch.Generator().manual_seed(cfg.seed)
     while True:
         order = torch.randperm(len(encoded), generator=g)[: cfg.minibatch_size].tolist()
-        rows = [encoded[i] for i in order]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-        attn = torch.zeros_like(ids)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)], attn[i, : len(r)] = torch.tensor(r), 1
-        yield ids, attn
+        yield right_pad([encoded[i] for i in order], tokenizer.pad_token_id)
 
 
 def _ptx_loss(model, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:

@@ -44,6 +44,7 @@ from rlhf_course.comparisons import (
 )
 from rlhf_course.config import BaseConfig, RewardConfig
 from rlhf_course.data import write_jsonl
+from rlhf_course.generation import right_pad
 from rlhf_course.pretrain import resolve_precision
 from rlhf_course.runs import StageTimer, raise_corrupt, require, stage_dir, write_text_atomic
 from rlhf_course.world import Task, gold_score
@@ -125,12 +126,7 @@ def encode(tokenizer, context: Sequence[dict], reply: str, max_length: int) -> l
 
 
 def _pad(batch: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(x) for x in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for i, x in enumerate(batch):
-        ids[i, : len(x)] = torch.tensor(x)
-        mask[i, : len(x)] = 1
+    ids, mask = right_pad(batch, pad_id)
     return ids.to(device), mask.to(device)
 
 

@@ -143,3 +143,13 @@ def test_sample_tokens_pads_after_end_and_stops_early():
 
 def test_empty_input():
     assert generate_replies(None, None, [], 8, 0.7, 4, seed=0) == []
+
+
+def test_right_pad_puts_tokens_first_and_keeps_a_column_for_empty_rows():
+    from rlhf_course.generation import right_pad
+
+    ids, mask = right_pad([[5, 6, 7], [8], []], pad_token_id=0)
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0], [0, 0, 0]]
+    assert mask.tolist() == [[1, 1, 1], [1, 0, 0], [0, 0, 0]]
+    ids, mask = right_pad([[], []], pad_token_id=9)
+    assert ids.tolist() == [[9], [9]] and mask.tolist() == [[0], [0]]
