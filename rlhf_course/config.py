@@ -430,3 +430,92 @@ class EvalConfig(_Preset):
         "a100": {"weak_kl_steps": 200, "weak_kl_lr": 2e-6, "curve_every": 20, "max_new_tokens": 256,
                  "eval_batch_size": 128},
     }
+
+
+@dataclass(frozen=True)
+class BeyondConfig(_Preset):
+    """Stage `beyond` (notebook 10): PPO, DPO, RLOO and GRPO from the same SFT checkpoint, on the
+    same comparisons and reward model, judged the same way. PPO's other settings are its preset."""
+
+    profile: str = "cpu"
+    """Hardware profile this config was made for ('cpu', 't4', 'a100')."""
+    seed: int = 0
+    """Seeds every method's data order and sampling, and the evaluation."""
+    methods: str = "ppo,dpo,rloo,grpo"
+    """Comma-separated methods to train and compare (of ppo, dpo, rloo, grpo)."""
+    steps: int = 20
+    """Steps of PPO, RLOO and GRPO; each samples `batch_size` replies (640 in all on cpu, where
+    the four methods then train in about 6 minutes)."""
+    batch_size: int = 32
+    """Replies sampled per step (RLOO and GRPO: batch_size / num_generations prompts)."""
+    num_generations: int = 4
+    """Replies per prompt for RLOO and GRPO: each one's baseline comes from its siblings."""
+    kl_beta: float = 0.1
+    """KL weight of RLOO and GRPO to the SFT policy, PPO's initial beta."""
+    rl_lr: float = 1e-4
+    """Learning rate of RLOO and GRPO (PPO's)."""
+    dpo_beta: float = 0.1
+    """DPO's beta: the strength of its implicit KL regularisation."""
+    dpo_lr: float = 5e-5
+    """DPO's learning rate."""
+    dpo_epochs: float = 1.0
+    """Passes of DPO over the ranked pairs of stage `comparisons`."""
+    dpo_batch_size: int = 16
+    """Pairs per DPO step."""
+    dpo_pairs: int = 640
+    """Ranked pairs DPO trains on: a seeded sample of stage `comparisons`' pairs (0: all of
+    them). On cpu as many as the replies the other methods sample."""
+    max_length: int = 384
+    """Longest DPO prompt + reply, in tokens."""
+    max_new_tokens: int = 64
+    """Longest sampled reply (training and evaluation), in tokens."""
+    eval_prompts: int = 240
+    """Held-out prompts each method is evaluated on (the same as every stage's)."""
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "cpu": {},
+        "t4": {"steps": 200, "rl_lr": 1e-6, "dpo_lr": 5e-7, "dpo_batch_size": 8, "dpo_pairs": 0,
+               "max_length": 1024},
+        "a100": {"steps": 300, "batch_size": 64, "rl_lr": 1e-6, "dpo_lr": 5e-7, "dpo_pairs": 0,
+                 "max_length": 2048},
+    }
+
+    def method_list(self) -> list[str]:
+        """`methods` as a list, in the order given."""
+        return [m.strip() for m in self.methods.split(",") if m.strip()]
+
+
+@dataclass(frozen=True)
+class ModerationConfig(_Preset):
+    """The moderation filter (`rlhf_course.moderation`): a linear topic x harm classifier over
+    hashed n-grams, trained from the toy world alone, in seconds, and the same on every profile
+    (it never touches the policy, so a GPU changes nothing)."""
+
+    profile: str = "cpu"
+    """Hardware profile this config was made for ('cpu', 't4', 'a100')."""
+    seed: int = 0
+    """Seeds the training tasks and the held-out tasks it is measured on."""
+    train_tasks: int = 2000
+    """Training-split tasks whose messages and replies it learns from (200 of each family)."""
+    drop_words: int = 2
+    """Harmful and benign request contents are also seen with up to this many words dropped, so
+    that every word of a harmful ask carries weight, not only the one that split the training set."""
+    n_buckets: int = 16384
+    """Hash buckets for the word, word-pair and character n-gram features."""
+    steps: int = 200
+    """Full-batch Adam steps (about 3 s on 2 cores)."""
+    lr: float = 0.1
+    """Adam learning rate."""
+    l2: float = 3e-5
+    """L2 penalty on the weights. Chosen on world seeds 1-4 among 3e-5, 1e-4 and 3e-4."""
+    warn_threshold: float = 0.25
+    """P(harm) from which a message is flagged with a warning. Low on purpose: a held-out
+    phrasing of harm scores 0.1-0.9 where a training one scores above 0.9; 0.25 gave the best
+    worst case of precision and recall on world seeds 1-4 (0.1-0.4 tried)."""
+    block_threshold: float = 0.8
+    """P(harm) from which a message is blocked rather than warned: phrasings like those seen in
+    training, and compliant replies."""
+    eval_tasks: int = 600
+    """Held-out tasks whose texts measure precision and recall (about 90 harmful requests)."""
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"cpu": {}, "t4": {}, "a100": {}}
