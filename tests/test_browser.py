@@ -159,3 +159,56 @@ def test_rank_replies_in_jupyterlab(chromium, lab):  # chromium first: skip befo
     assert record["id"] == "e2e-0" and record["ranker"] == "person"
     assert record["context"] == task.prompt
     assert record["replies"] == list(task.replies().values())[:3]
+
+
+# The chat cell: an untrained tiny model (the test is about the widget, not the replies); the
+# kernel writes its pid so the test can kill it the hard way after the click.
+CHAT_CELL = """\
+import os, sys
+sys.path.insert(0, TESTS)
+import torch
+from _corpus import synthetic_corpus
+from rlhf_course.chat import ChatWidget
+from rlhf_course.config import BaseConfig
+from rlhf_course.models import build_model, train_tokenizer
+
+open(PID, "w").write(str(os.getpid()))
+torch.manual_seed(0)
+tok = train_tokenizer(synthetic_corpus(300, chat_every=2), vocab_size=300, model_max_length=256)
+model = build_model(BaseConfig.preset("cpu", d_model=64, n_layers=2, n_heads=2, d_ff=192, max_seq_len=128), tok)
+ChatWidget({"sft": (tok, model)}, FEEDBACK, max_new_tokens=8)
+"""
+
+
+def test_chat_send_and_rate_in_jupyterlab_survives_a_killed_kernel(chromium, lab):
+    from playwright.sync_api import expect
+
+    from rlhf_course.feedback import load_feedback
+
+    url, token, root = lab
+    feedback, pid_file = root / "feedback.jsonl", root / "kernel.pid"
+    source = (CHAT_CELL.replace("TESTS", repr(str(Path(__file__).parent)))
+              .replace("PID", repr(str(pid_file))).replace("FEEDBACK", repr(str(feedback))))
+    (root / "chat.ipynb").write_text(json.dumps(_notebook(source)))
+    page = chromium.new_page()
+    page.set_default_timeout(60_000)
+    page.goto(f"{url}/lab/tree/chat.ipynb?token={token}")
+    expect(page.locator("#jp-main-statusbar")).to_contain_text("Python 3 (ipykernel) | Idle",
+                                                                timeout=120_000)
+    page.locator(".jp-Cell .cm-content").first.click()
+    page.keyboard.press("Shift+Enter")
+    expect(page.locator(".jp-Cell .jp-InputPrompt").first).to_contain_text("[1]:", timeout=120_000)
+
+    out = page.locator(".jp-OutputArea-output")
+    message = "Héllo 👋 世界 — שלום?"
+    out.get_by_placeholder("Message the assistant").fill(message)
+    out.get_by_role("button", name="Send").click()
+    expect(out.locator(".widget-html").filter(has_text=message).first).to_be_visible()
+    out.get_by_role("button", name="👍").click()
+    # The status line changes only after the record is fsynced.
+    expect(out).to_contain_text("Saved your 👍 to feedback.jsonl")
+    os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+    (record,) = load_feedback(feedback)
+    assert record["rating"] == "up" and record["stage"] == "sft"
+    assert record["context"][-1] == {"role": "user", "content": message}
