@@ -34,7 +34,12 @@ STAGES: dict[str, str] = {
     "ppo": "rlhf_course.ppo:train_ppo",
     "iterate": "rlhf_course.iterate:iterate",
     "eval": "rlhf_course.evaluate:evaluate_run",
+    "moderation": "rlhf_course.moderation:train_moderation_stage",
+    "beyond": "rlhf_course.beyond:run_beyond",
 }
+
+# Stages a plain `rlhf-course run` leaves out; name them in --stages to run them.
+OPTIONAL = ("beyond",)
 
 # Stage name -> "module:ConfigClass"; the config is built as `Cls.preset(profile, seed=...)`.
 STAGE_CONFIGS: dict[str, str] = {
@@ -46,6 +51,8 @@ STAGE_CONFIGS: dict[str, str] = {
     "ppo": "rlhf_course.config:PPOConfig",
     "iterate": "rlhf_course.config:IterateConfig",
     "eval": "rlhf_course.config:EvalConfig",
+    "moderation": "rlhf_course.config:ModerationConfig",
+    "beyond": "rlhf_course.config:BeyondConfig",
 }
 
 # Report keys the CLI itself fills in; the summary shows the stage's own figures beside them.
@@ -71,10 +78,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def parse_stages(spec: str | None, parser: argparse.ArgumentParser | None = None) -> list[str]:
     """Turn `"sft,base"` into `["base", "sft"]`: known names only, in the course's order.
 
-    `None` means every registered stage. An unknown name is a usage error listing valid names.
+    `None` means every registered stage but the optional ones (OPTIONAL). An unknown name is a
+    usage error listing valid names.
     """
     if spec is None:
-        return list(STAGES)
+        return [s for s in STAGES if s not in OPTIONAL]
     wanted = [s.strip() for s in spec.split(",") if s.strip()]
     unknown = [s for s in wanted if s not in STAGES]
     if unknown or not wanted:

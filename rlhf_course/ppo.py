@@ -591,7 +591,9 @@ def train_ppo(cfg: PPOConfig, run_dir, live_plot: Callable[[int, dict], object] 
             final = accelerator.unwrap_model(policy).model
             save_base(out / "model", final, tokenizer)
             shutil.rmtree(ckpt, ignore_errors=True)
+            eval_started = time.perf_counter()
             result = evaluate_ppo(final, ref_model, tokenizer, reward_model, run_dir, cfg, progress, out)
+            result["eval_seconds"] = round(time.perf_counter() - eval_started, 1)
             if curve_every > 0:
                 result["curve"] = state.curve
             result.update(train_steps=state.step, resumed_from_step=saved["step"] if resume else None,

@@ -225,3 +225,11 @@ def test_a_broken_stage_import_fails_before_anything_runs(tmp_path, monkeypatch)
     with pytest.raises(ImportError, match="stage 'beta'.*no_such_module"):
         run(tmp_path, "--stages", "alpha,beta")
     assert CALLS == []
+
+
+def test_optional_stages_run_only_when_named(monkeypatch):
+    monkeypatch.undo()  # the real registry
+    assert "beyond" in cli.STAGES and "beyond" in cli.OPTIONAL
+    assert "beyond" not in cli.parse_stages(None)
+    assert cli.parse_stages(None) == [s for s in cli.STAGES if s != "beyond"]
+    assert cli.parse_stages("beyond,ppo") == ["ppo", "beyond"]
