@@ -13,7 +13,8 @@ from rlhf_course.runs import read_metrics
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 TESTED = ["00_welcome.ipynb", "01_base_model.ipynb", "02_demonstrations.ipynb", "03_sft.ipynb",
-          "04_comparisons.ipynb", "05_reward_model.ipynb", "06_ppo.ipynb", "07_iterate.ipynb", "08_eval.ipynb"]
+          "04_comparisons.ipynb", "05_reward_model.ipynb", "06_ppo.ipynb", "07_iterate.ipynb", "08_eval.ipynb",
+          "09_chat.ipynb", "10_beyond.ipynb"]
 
 
 def _execute(name: str, run_dir: Path, tmp_path: Path, **params) -> dict:
@@ -188,6 +189,33 @@ def test_08_eval_reaches_issue_6_targets(run_dir):
     m = read_metrics(run_dir, "08_eval")
     assert m["refusal_rate_iterate"] > m["refusal_rate_sft"]
     assert m["false_premise_corrected_iterate"] > m["false_premise_corrected_sft"]
+
+
+@pytest.mark.slow
+def test_09_chat(run_dir, tmp_path):
+    m = _execute("09_chat.ipynb", run_dir, tmp_path)
+    report = json.loads((run_dir / "report.json").read_text())
+    # Issue 7: the filter on held-out phrasings of the world's requests (seed 0).
+    assert m["precision"] >= 0.9 and m["recall"] >= 0.9
+    assert report["moderation"]["precision"] == m["precision"]
+    # The scripted chat: two ratings of one turn (up, then down after Regenerate) make one
+    # comparison; the harmful request was stopped before the model saw it.
+    assert m["ratings"] == 2 and m["comparisons"] == 1
+    assert m["last_verdict"] == "block"
+    from rlhf_course.comparisons import load_comparisons
+
+    assert any(r["ranker"] == "feedback:thumbs" for r in load_comparisons(run_dir / "comparisons" / "human.jsonl"))
+
+
+@pytest.mark.slow
+def test_10_beyond(run_dir, tmp_path):
+    m = _execute("10_beyond.ipynb", run_dir, tmp_path)
+    report = json.loads((run_dir / "report.json").read_text())
+    assert m["methods"] == 4 and set(report["beyond"]["methods"]) == {"ppo", "dpo", "rloo", "grpo"}
+    assert m["sft_gold"] == report["sft"]["gold"]  # every method is judged against the same SFT replies
+    for method in ("ppo", "dpo", "rloo", "grpo"):
+        assert 0.0 <= m[f"gold_{method}"] <= 1.0 and 0.0 <= m[f"win_rate_vs_sft_{method}"] <= 1.0
+        assert m[f"train_seconds_{method}"] > 0 and m[f"peak_memory_mb_{method}"] > 100
 
 
 @pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.name)
