@@ -93,7 +93,7 @@ CATEGORIES = tuple(intent["id"] for intent in HARMFUL_INTENTS)
 FLAG_KINDS = ("false_positive", "false_negative")
 """A user's report: the filter flagged a harmless message, or let a harmful one through."""
 FLAGS = "flags.jsonl"
-"""Users' reports of the filter's mistakes, in RUN_DIR/moderation/."""
+"""Users' reports of the filter's mistakes; the chat keeps them in RUN_DIR/feedback/."""
 
 FEATURES = "words+pairs+chars3-5:crc32:v1"
 """The feature recipe a saved moderator was trained with; `load` refuses any other."""

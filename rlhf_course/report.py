@@ -81,6 +81,8 @@ def report_html(report: dict[str, Any], run_dir: str | os.PathLike) -> str:
         ("What RLHF does not fix", _limitations),
         ("Verbosity", _verbosity),
         ("Side by side", _side_by_side),
+        ("The moderation filter", _moderation),
+        ("Beyond PPO: DPO, RLOO, GRPO", _beyond),
     ]
     body = [_header(ctx)]
     for title, build in sections:
@@ -217,6 +219,34 @@ def _reward_model(ctx: _Context) -> str:
         "their taste for length; the gap between its accuracy against the annotators and against "
         "gold is what PPO can exploit.</p>" + _table(["figure", "value"], rows)
     )
+
+
+def _moderation(ctx: _Context) -> str:
+    mod = ctx.entry("moderation")
+    rows = [[who, part.get("precision"), part.get("recall"), part.get("tp"), part.get("fp"), part.get("fn")]
+            for who, part in (("all messages", mod), ("user requests", mod.get("user") or {}),
+                              ("model replies", mod.get("assistant") or {}))
+            if part.get("precision") is not None or part.get("recall") is not None]
+    if not rows:
+        return ctx.run_note("moderation", "moderation figures")
+    return ("<p>Flagging (warn or block) on held-out phrasings of the world's requests and on "
+            "model replies; harmful is the positive class.</p>"
+            + _table(["texts", "precision", "recall", "true pos.", "false pos.", "false neg."], rows))
+
+
+_BEYOND_COLUMNS = {"gold": "gold", "win_rate_vs_sft": "win vs SFT", "kl_to_sft": "KL to SFT",
+                   "proxy_reward": "proxy", "reply_words": "words", "train_seconds": "train s",
+                   "peak_memory_mb": "peak MiB"}
+
+
+def _beyond(ctx: _Context) -> str:
+    methods = {m: r for m, r in (ctx.entry("beyond").get("methods") or {}).items() if isinstance(r, dict)}
+    if not methods:
+        return ctx.run_note("beyond", "comparison of PPO with DPO, RLOO and GRPO")
+    rows = [[m, *(r.get(k) for k in _BEYOND_COLUMNS)] for m, r in methods.items()]
+    return ("<p>Each method trained from the same SFT model in its own process (time and peak "
+            "memory are its own) and judged as stage ppo is.</p>"
+            + _table(["method", *_BEYOND_COLUMNS.values()], rows))
 
 
 _ROUND_COLUMNS = {

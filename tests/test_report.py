@@ -19,6 +19,8 @@ SECTIONS = [
     "What RLHF does not fix",
     "Verbosity",
     "Side by side",
+    "The moderation filter",
+    "Beyond PPO: DPO, RLOO, GRPO",
 ]
 
 
@@ -43,6 +45,13 @@ def full_report() -> dict:
                 "sft_gold": 0.3811, "gold_by_family": {"harmful": 0.6137, "false_premise": 0.21},
                 "sft_gold_by_family": {"harmful": 0.4, "false_premise": 0.25}, "reply_words": 16.3,
                 "sft_reply_words": 12.1, "seconds": 300.0},
+        "moderation": {**common, "precision": 0.9913, "recall": 0.9477, "tp": 151, "fp": 1, "fn": 5,
+                       "user": {"precision": 0.9876, "recall": 0.9312, "tp": 91, "fp": 1, "fn": 5},
+                       "assistant": {"precision": 1.0, "recall": 1.0, "tp": 60, "fp": 0, "fn": 0}},
+        "beyond": {**common, "eval_prompts": 240, "methods": {
+            m: {"gold": g, "win_rate_vs_sft": 0.4, "kl_to_sft": 1.5, "proxy_reward": 0.3, "reply_words": 15.0,
+                "train_seconds": 99.0, "peak_memory_mb": 1234.0}
+            for m, g in (("ppo", 0.4811), ("dpo", 0.5123), ("rloo", 0.4488), ("grpo", 0.4377))}},
         "iterate": {**common, "start": "ppo", "seconds": 300.1,
                     "rounds": [_round(1, 0.4901, 16.9), _round(2, 0.5521, 17.84)]},
         "eval": {
@@ -107,7 +116,9 @@ def test_full_report_has_every_section_and_figure(tmp_path):
                    "0.668",   # over-optimisation: RL gold peak
                    "0.721",   # limitations: iterate refusal rate
                    "17.8",    # verbosity: round 2 words
-                   "meets the rubric"]:  # side by side
+                   "meets the rubric",  # side by side
+                   "0.931",   # moderation: user recall
+                   "0.512"]:  # beyond: dpo gold
         assert number in page, number
     # bar_by_family, rounds, over-optimisation, behaviour, verbosity.
     assert page.count('<img alt="') == page.count('src="data:image/png;base64,') == 5
@@ -128,7 +139,7 @@ def test_report_of_an_early_run_says_what_to_run(tmp_path):
     for title in SECTIONS:
         assert f"<h2>{title}</h2>" in page
     assert "0.381" in page  # sft gold in the overview
-    for stage in ("rm", "iterate", "eval"):
+    for stage in ("rm", "iterate", "eval", "moderation", "beyond"):
         assert f"--profile cpu --out {run_dir} --stages {stage}</code>" in page
     assert page.count("data:image/png;base64,") == 1  # only the family bars
     _assert_self_contained(page)
