@@ -350,6 +350,20 @@ def regenerate(state: ChatState) -> ChatState:
     return dataclasses.replace(state, messages=state.messages[:-1], earlier=(*last.siblings, last.text))
 
 
+def defuse_special_tokens(tokenizer, messages: Sequence[Mapping[str, str]]) -> list[dict]:
+    """`messages` with every special token's text (e.g. '<|end|>') in a message broken by a
+    word joiner (U+2060), so that typing it cannot end a turn or start a fake one: the chat
+    template's own markers stay the only ones the model sees."""
+    specials = [t for t in tokenizer.all_special_tokens if len(t) > 1]
+    out = []
+    for m in messages:
+        content = m["content"]
+        for token in specials:
+            content = content.replace(token, token[0] + "\u2060" + token[1:])
+        out.append({**m, "content": content})
+    return out
+
+
 def respond(state: ChatState, model, tokenizer, stage: str, *, max_new_tokens: int = 64,
             temperature: float = 0.7, seed: int = 0, moderator: Moderator | None = None,
             every: int = 4, max_tokens: int | None = None) -> Iterator[ChatState]:
@@ -361,7 +375,7 @@ def respond(state: ChatState, model, tokenizer, stage: str, *, max_new_tokens: i
     reply (as far as it got) is kept blocked; otherwise the finished reply gets its own verdict.
     The last state yielded holds the reply and no pending text.
     """
-    context = reply_context(state)
+    context = defuse_special_tokens(tokenizer, reply_context(state))
     budget = context_budget(tokenizer, model, max_new_tokens) if max_tokens is None else max_tokens
     prompt, dropped = fit_context(tokenizer, context, budget)
     reply_seed = seed + state.samples
