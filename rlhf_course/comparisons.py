@@ -35,9 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from rlhf_course.data import (
-    DataFormatError,
-    _read_numbered,
     append_jsonl,
+    load_checked,
     to_preference_dataset,
     validate_conversation,
     write_jsonl,
@@ -169,15 +168,7 @@ def append_comparison(path: str | os.PathLike, record: Mapping[str, Any]) -> dic
 
 def load_comparisons(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Read and check every record of a comparisons file; errors name the file and line."""
-    path = Path(path)
-    out = []
-    for line, record in _read_numbered(path):
-        try:
-            out.append(validate_comparison(record))
-        except ComparisonError as err:
-            raise DataFormatError(f"{path}, line {line}: {err}. Fix or delete that line; the "
-                                  "other lines are unaffected.") from err
-    return out
+    return load_checked(path, validate_comparison, ComparisonError)
 
 
 def undo_last_comparison(path: str | os.PathLike) -> dict[str, Any] | None:

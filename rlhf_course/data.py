@@ -108,6 +108,20 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     return [record for _, record in _read_numbered(Path(path))]
 
 
+def load_checked(path: str | os.PathLike, validate: Callable[[Any], dict[str, Any]],
+                 invalid: type[Exception], raise_as: type[Exception] = DataFormatError,
+                 advice: str = " Fix or delete that line; the other lines are unaffected.") -> list[dict[str, Any]]:
+    """Every record of the JSON Lines file `path`, passed through `validate`; a record it rejects
+    (raising `invalid`) raises `raise_as` naming the file and the line, followed by `advice`."""
+    out = []
+    for line, record in _read_numbered(Path(path)):
+        try:
+            out.append(validate(record))
+        except invalid as err:
+            raise raise_as(f"{path}, line {line}: {err}.{advice}" if advice else f"{path}, line {line}: {err}") from err
+    return out
+
+
 def _read_numbered(path: Path) -> list[tuple[int, dict[str, Any]]]:
     data = path.read_bytes()
     lines = data.split(b"\n")

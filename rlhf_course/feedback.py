@@ -29,9 +29,8 @@ from typing import Any
 from rlhf_course.comparisons import append_comparison, comparison_record, load_comparisons
 from rlhf_course.data import (
     ConversationError,
-    DataFormatError,
-    _read_numbered,
     append_jsonl,
+    load_checked,
     validate_conversation,
 )
 
@@ -108,15 +107,7 @@ def append_feedback(path: str | os.PathLike, record: Mapping[str, Any]) -> dict[
 
 def load_feedback(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Read and check every record of a feedback file; an error names the file and line."""
-    path = Path(path)
-    out = []
-    for line, record in _read_numbered(path):
-        try:
-            out.append(validate_feedback(record))
-        except FeedbackError as err:
-            raise DataFormatError(f"{path}, line {line}: {err}. Fix or delete that line; the other "
-                                  "lines are unaffected.") from err
-    return out
+    return load_checked(path, validate_feedback, FeedbackError)
 
 
 def _key(text: str) -> str:

@@ -74,7 +74,7 @@ from typing import Any
 
 import numpy as np
 
-from rlhf_course.data import _read_numbered, append_jsonl
+from rlhf_course.data import append_jsonl, load_checked
 from rlhf_course.world import (
     ACT_WRAPPERS,
     BENIGN_WRAPPERS,
@@ -500,13 +500,7 @@ def append_flag(path: str | os.PathLike, record: Mapping[str, Any]) -> dict[str,
 
 def load_flags(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Every flag record of `path`, checked; an error names the file and line."""
-    out = []
-    for line, record in _read_numbered(Path(path)):
-        try:
-            out.append(validate_flag(record))
-        except FlagError as err:
-            raise FlagError(f"{path}, line {line}: {err}") from err
-    return out
+    return load_checked(path, validate_flag, FlagError, raise_as=FlagError, advice="")
 
 
 # --------------------------------------------------------------------------------------------
