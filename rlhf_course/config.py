@@ -92,8 +92,11 @@ class BaseConfig(_Preset):
     """Hub id or local folder of the base model for GPU profiles; empty on cpu (trained here)."""
     dtype: str = "float32"
     """Weights' dtype: float32 on cpu, float16 on T4 (no bf16 there), bfloat16 on A100."""
-    trust_remote_code: bool = False
-    """Run code shipped with a hub model. Off unless a learner opts in for a named model."""
+    trust_remote_code: str = ""
+    """The hub id whose own Python code you allow to run (`trust_remote_code=True` in
+    transformers). Empty: no model's code runs, only safetensors weights load. Opting in is by
+    name and only for that model: it must equal `hub_model`, so changing the model never carries
+    the trust over. Code from the hub runs with your account's rights; read it first."""
 
     # --- evaluation ---
     eval_prompts: int = 240
@@ -159,8 +162,10 @@ class SFTConfig(_Preset):
     gradient_checkpointing: bool = False
     """Recompute activations to save memory. TRL turns it on by default; it only slows a tiny
     model, so it is off on cpu."""
-    lora: bool = False
-    """Train LoRA adapters (peft) instead of all weights: for larger models on small GPUs."""
+    lora: bool | None = False
+    """Train LoRA adapters (peft) instead of all weights: for larger models on small GPUs. None
+    (the GPU presets) decides from the base model's size and the GPU's memory
+    (`hardware.plan_training`): full fine-tuning where PPO's four models fit, else LoRA."""
     lora_r: int = 16
     """LoRA rank."""
     lora_alpha: int = 32
@@ -182,9 +187,9 @@ class SFTConfig(_Preset):
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "cpu": {},
-        "t4": {"batch_size": 16, "lr": 2e-5, "epochs": 2.0, "gradient_checkpointing": True,
+        "t4": {"batch_size": 16, "lr": 2e-5, "epochs": 2.0, "gradient_checkpointing": True, "lora": None,
                "max_length": 1024, "max_new_tokens": 128, "eval_batch_size": 64},
-        "a100": {"batch_size": 32, "lr": 1e-5, "epochs": 2.0, "max_length": 2048,
+        "a100": {"batch_size": 32, "lr": 1e-5, "epochs": 2.0, "max_length": 2048, "lora": None,
                  "max_new_tokens": 256, "eval_batch_size": 128},
     }
 
@@ -237,8 +242,13 @@ class RewardConfig(_Preset):
     precision: str = "auto"
     """'auto': bf16 autocast where the chip multiplies it natively, fp16 on a T4, else fp32; or
     force 'fp32', 'bf16', 'fp16'."""
-    lora: bool = False
-    """Train LoRA adapters (peft) and the scalar head instead of all weights."""
+    lora: bool | None = False
+    """Train LoRA adapters (peft) and the scalar head instead of all weights. None (the GPU
+    presets) decides from the model's size and the GPU's memory (`hardware.plan_training`)."""
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator (the update is scaled by alpha / r)."""
 
     # --- evaluation ---
     eval_prompts: int = 240
@@ -254,9 +264,9 @@ class RewardConfig(_Preset):
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "cpu": {},
-        "t4": {"batch_size": 8, "lr": 1e-5, "epochs": 1.0, "max_length": 1024,
+        "t4": {"batch_size": 8, "lr": 1e-5, "epochs": 1.0, "max_length": 1024, "lora": None,
                "max_new_tokens": 128, "sample_batch_size": 32, "score_batch_size": 16},
-        "a100": {"batch_size": 16, "lr": 5e-6, "epochs": 1.0, "max_length": 2048,
+        "a100": {"batch_size": 16, "lr": 5e-6, "epochs": 1.0, "max_length": 2048, "lora": None,
                  "max_new_tokens": 256, "sample_batch_size": 64, "score_batch_size": 32},
     }
 
@@ -323,6 +333,14 @@ class PPOConfig(_Preset):
     logprob_chunk: int = 0
     """Reply positions sent through the output layer at once when computing log-probs (0: all).
     A real vocabulary (50k-150k) makes B x R x V logits large; chunks bound that memory."""
+    lora: bool | None = False
+    """Train LoRA adapters on the policy and the value model (their heads in full) instead of all
+    weights. None (the GPU presets) decides from the model's size and the GPU's memory
+    (`hardware.plan_training`): on a T4 a 135M model trains fully, a 0.5B one through LoRA."""
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator (the update is scaled by alpha / r)."""
 
     # --- safety and resuming ---
     max_kl: float = 60.0
@@ -342,9 +360,10 @@ class PPOConfig(_Preset):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "cpu": {},
         "t4": {"batch_size": 32, "minibatch_size": 8, "lr": 1e-6, "value_lr": 5e-6, "steps": 200,
-               "init_kl_coef": 0.05, "max_new_tokens": 128, "logprob_chunk": 32, "eval_batch_size": 64},
+               "init_kl_coef": 0.05, "max_new_tokens": 128, "logprob_chunk": 32, "eval_batch_size": 64,
+               "lora": None},
         "a100": {"batch_size": 64, "minibatch_size": 16, "lr": 1e-6, "value_lr": 5e-6, "steps": 300,
-                 "max_new_tokens": 256, "logprob_chunk": 64, "eval_batch_size": 128},
+                 "max_new_tokens": 256, "logprob_chunk": 64, "eval_batch_size": 128, "lora": None},
     }
 
 

@@ -84,9 +84,10 @@ def run_round(cfg: IterateConfig, run_dir, n: int, policy_path: Path, rm_dir: Pa
     from transformers import AutoModelForSequenceClassification
 
     from rlhf_course.evaluate import heldout_tasks, win_rate
-    from rlhf_course.models import load_checkpoint
+    from rlhf_course.hardware import use_lora
+    from rlhf_course.models import load_checkpoint, trainable
     from rlhf_course.ppo import PPOPaths, train_ppo
-    from rlhf_course.reward import NORMALISATION, fit, load_reward_model_from, raw_scores
+    from rlhf_course.reward import NORMALISATION, fit, load_reward_model_from, raw_scores, with_lora
 
     rcfg, pcfg = configs or stage_configs(cfg)
     out = round_dir(run_dir, n)
@@ -122,7 +123,11 @@ def run_round(cfg: IterateConfig, run_dir, n: int, policy_path: Path, rm_dir: Pa
         model = AutoModelForSequenceClassification.from_pretrained(
             Path(rm_dir) / "model", dtype=next(old_rm.model.parameters()).dtype)
         del old_rm
+        lora, _ = use_lora(rcfg, model)
+        model = with_lora(model, rcfg, "SEQ_CLS") if lora else trainable(model, False)
         fit(model, tokenizer, new + replay, rcfg, progress=progress)
+        if lora:
+            model = model.merge_and_unload()
         sft_replies = _normalisation_sample(run_dir, cfg)
         raw = raw_scores(model, tokenizer, [c for c, _ in sft_replies], [r for _, r in sft_replies],
                          rcfg.score_batch_size, rcfg.max_length)

@@ -179,8 +179,32 @@ def load_base(
     if device is None:
         device = "cuda" if cfg.profile != "cpu" and torch.cuda.is_available() else "cpu"
     local = cfg.profile == "cpu" or _looks_local(source)
-    tokenizer, model = _load_pretrained(source, local, what, cfg.dtype, cfg.trust_remote_code)
+    tokenizer, model = _load_pretrained(source, local, what, cfg.dtype, trusts_remote_code(cfg))
     return tokenizer, model.to(device).eval()
+
+
+def trusts_remote_code(cfg: BaseConfig) -> bool:
+    """Whether the hub model's own code may run: only when `cfg.trust_remote_code` names exactly
+    `cfg.hub_model`. A name that differs is an error, so trust never passes to another model."""
+    named = cfg.trust_remote_code.strip()
+    if not named:
+        return False
+    if named != cfg.hub_model:
+        raise ValueError(
+            f"BaseConfig.trust_remote_code={named!r} names another model than hub_model="
+            f"{cfg.hub_model!r}; opting in to run a model's code is per model: set it to the "
+            "model you read and trust, or to '' to load safetensors weights only")
+    return True
+
+
+def trainable(model: PreTrainedModel, lora: bool) -> PreTrainedModel:
+    """Ready `model` for training: fully fine-tuned weights become fp32 master weights (fp16 or
+    bf16 autocast runs the maths; an Adam update of 1e-6 vanishes in a half-precision weight, and
+    fp16 loss scaling refuses fp16 parameters); with LoRA the frozen base keeps its half precision
+    and peft keeps the adapters in fp32."""
+    if lora or not model.dtype.is_floating_point or model.dtype == torch.float32:
+        return model
+    return model.float()
 
 
 def load_checkpoint(path: str | os.PathLike, profile: str = "cpu", device: str | None = None):

@@ -257,10 +257,12 @@ class ValueModel(torch.nn.Module):
         self.model = reward_model  # a *ForSequenceClassification; saved as one
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_response: int) -> torch.Tensor:
-        backbone = getattr(self.model, self.model.base_model_prefix)
+        # Under LoRA the adapters sit inside the base model's layers; read that model directly.
+        core = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        backbone = getattr(core, core.base_model_prefix)
         hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
-                               position_ids=_positions(attention_mask), use_cache=False).last_hidden_state
-        return self.model.score(hidden[:, -n_response - 1 : -1]).squeeze(-1).float()
+                          position_ids=_positions(attention_mask), use_cache=False).last_hidden_state
+        return core.score(hidden[:, -n_response - 1 : -1]).squeeze(-1).float()
 
 
 # --------------------------------------------------------------------------------------------
@@ -416,9 +418,10 @@ def train_ppo(cfg: PPOConfig, run_dir, live_plot: Callable[[int, dict], object] 
     from accelerate.utils import set_seed
     from transformers import AutoModelForSequenceClassification
 
-    from rlhf_course.models import load_checkpoint
+    from rlhf_course.hardware import use_lora
+    from rlhf_course.models import load_checkpoint, trainable
     from rlhf_course.pretrain import resolve_precision
-    from rlhf_course.reward import load_reward_model_from
+    from rlhf_course.reward import load_reward_model_from, with_lora
 
     _check_config(cfg)
     paths = paths or PPOPaths.stage(run_dir, cfg)
@@ -433,12 +436,26 @@ def train_ppo(cfg: PPOConfig, run_dir, live_plot: Callable[[int, dict], object] 
 
     with StageTimer() as timer:
         ckpt = out / CHECKPOINT
+        recover_checkpoint(out)
         resume = (ckpt / "state.pt").exists()
-        tokenizer, model = load_checkpoint(ckpt / "policy" if resume else paths.policy, cfg.profile, str(device))
+        # A LoRA checkpoint holds adapters only: they go back onto the model they started from.
+        adapters = resume and (ckpt / "policy" / "adapter_config.json").exists()
+        start = paths.policy if adapters or not resume else ckpt / "policy"
+        tokenizer, model = load_checkpoint(start, cfg.profile, str(device))
+        lora, plan = use_lora(cfg, model)
+        if resume and adapters != lora:
+            raise ValueError(f"PPO: the checkpoint in {ckpt} was trained {'with' if adapters else 'without'} "
+                             f"LoRA but this run has lora={lora} ({plan}); set PPOConfig.lora={adapters} to "
+                             f"resume it, or delete {ckpt} to start again")
+        half = model.dtype
+        model = with_lora(model, cfg, "CAUSAL_LM", ckpt / "policy" if adapters else None) if lora \
+            else trainable(model, False)
         _, ref_model = load_checkpoint(sft_path, cfg.profile, str(device))
         reward_model = load_reward_model_from(paths.reward, cfg.profile, str(device))
-        value_path = ckpt / "value" if resume else Path(paths.reward) / "model"
-        value_rm = AutoModelForSequenceClassification.from_pretrained(value_path, dtype=model.dtype).to(device)
+        value_path = ckpt / "value" if resume and not lora else Path(paths.reward) / "model"
+        value_rm = AutoModelForSequenceClassification.from_pretrained(value_path, dtype=half).to(device)
+        value_rm = with_lora(value_rm, cfg, "SEQ_CLS", ckpt / "value" if adapters else None) if lora \
+            else trainable(value_rm, False)
         ref_model.requires_grad_(False)
         reward_model.model.requires_grad_(False)
         pad = tokenizer.pad_token_id
@@ -447,8 +464,8 @@ def train_ppo(cfg: PPOConfig, run_dir, live_plot: Callable[[int, dict], object] 
         ref_policy = PolicyLogprobs(ref_model, cfg.rollout_temperature, cfg.logprob_chunk)
         value_model = ValueModel(value_rm)
         # fused: one kernel for all parameters, as in pretraining (CPU and CUDA, torch >= 2.4)
-        opt_policy = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0, fused=True)
-        opt_value = torch.optim.AdamW(value_model.parameters(), lr=cfg.value_lr, weight_decay=0.0, fused=True)
+        opt_policy = torch.optim.AdamW(_trained(policy), lr=cfg.lr, weight_decay=0.0, fused=True)
+        opt_value = torch.optim.AdamW(_trained(value_model), lr=cfg.value_lr, weight_decay=0.0, fused=True)
         state = _State(kl_coef=cfg.init_kl_coef)
         if resume:
             saved = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
@@ -589,6 +606,8 @@ def train_ppo(cfg: PPOConfig, run_dir, live_plot: Callable[[int, dict], object] 
         result: dict = {}
         if main:
             final = accelerator.unwrap_model(policy).model
+            if lora:  # the adapters folded into the weights: a plain model, like every stage's
+                final = final.merge_and_unload()
             save_base(out / "model", final, tokenizer)
             shutil.rmtree(ckpt, ignore_errors=True)
             eval_started = time.perf_counter()
@@ -596,13 +615,48 @@ def train_ppo(cfg: PPOConfig, run_dir, live_plot: Callable[[int, dict], object] 
             result["eval_seconds"] = round(time.perf_counter() - eval_started, 1)
             if curve_every > 0:
                 result["curve"] = state.curve
-            result.update(train_steps=state.step, resumed_from_step=saved["step"] if resume else None,
+            result.update(lora=lora, training_plan=plan, train_steps=state.step, resumed_from_step=saved["step"] if resume else None,
                           processes=processes, replicas_in_sync=in_sync, final_kl_coef=round(kl_ctl.value, 5),
                           train_gold_last=state.history[-1]["gold"] if state.history else None)
         accelerator.wait_for_everyone()
     if main:
         result["seconds"] = round(timer.seconds, 1)
     return result
+
+
+def _trained(module: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The parameters an optimizer updates: all of them, or under LoRA the adapters and heads."""
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+def recover_checkpoint(out: Path) -> Path | None:
+    """Make OUT/checkpoint whole again after a save was cut off, and return it (None if there is
+    none). `_save_checkpoint` writes checkpoint.tmp, renames checkpoint to checkpoint.old, then
+    checkpoint.tmp to checkpoint; a disconnect (a Colab runtime recycled, a Drive folder that
+    stopped syncing) between the two renames leaves no checkpoint/. Then .old is the last good
+    one, and a .tmp is trusted only if its state.pt, written last, is complete."""
+    out = Path(out)
+    final, old, tmp = out / CHECKPOINT, out / (CHECKPOINT + ".old"), out / (CHECKPOINT + ".tmp")
+    if not (final / "state.pt").exists():
+        for candidate in (tmp, old):
+            if _loads(candidate / "state.pt"):
+                shutil.rmtree(final, ignore_errors=True)
+                candidate.rename(final)
+                break
+    for leftover in (tmp, old):
+        if leftover.exists() and (final / "state.pt").exists():
+            shutil.rmtree(leftover, ignore_errors=True)
+    return final if (final / "state.pt").exists() else None
+
+
+def _loads(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:  # truncated or unreadable: not a checkpoint to resume from
+        return False
+    return True
 
 
 def _save_checkpoint(accelerator, out: Path, tokenizer, policy, value_model, opt_policy, opt_value,

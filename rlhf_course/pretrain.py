@@ -82,12 +82,18 @@ def bf16_is_fast(device: torch.device | str = "cpu") -> bool:
 
 
 def resolve_precision(cfg, device: torch.device | str) -> str:
-    """A stage config's `precision` made concrete: 'auto' is bf16 where the chip multiplies it
-    natively, fp16 on other CUDA devices (a T4 has no bf16), else fp32. Shared by the stages
-    that fine-tune (SFT, reward model), so they choose alike."""
+    """A stage config's `precision` made concrete. 'auto' on a GPU follows the profile: fp16 with
+    loss scaling for `t4` (a T4 has no bf16; also when a T4 is emulated on a bigger GPU), bf16 for
+    `a100` (fp16 if the GPU lacks bf16). On a CPU, bf16 where the chip multiplies it natively, else
+    fp32. Shared by every stage that trains, so they choose alike."""
+    from rlhf_course.hardware import emulating_t4
+
     device = torch.device(device)
     if cfg.precision == "auto":
-        return "bf16" if bf16_is_fast(device) else "fp16" if device.type == "cuda" else "fp32"
+        if device.type == "cuda":
+            t4 = getattr(cfg, "profile", "t4") != "a100" or emulating_t4()
+            return "fp16" if t4 or not bf16_is_fast(device) else "bf16"
+        return "bf16" if bf16_is_fast(device) else "fp32"
     if cfg.precision not in ("fp32", "bf16", "fp16"):
         raise ValueError(f"{type(cfg).__name__}.precision={cfg.precision!r}: use 'auto', 'fp32', 'bf16' or 'fp16'")
     return cfg.precision

@@ -45,6 +45,8 @@ from rlhf_course.comparisons import (
 from rlhf_course.config import BaseConfig, RewardConfig
 from rlhf_course.data import write_jsonl
 from rlhf_course.generation import right_pad
+from rlhf_course.hardware import use_lora
+from rlhf_course.models import trainable
 from rlhf_course.pretrain import resolve_precision
 from rlhf_course.runs import StageTimer, raise_corrupt, require, stage_dir, write_text_atomic
 from rlhf_course.world import Task, gold_score
@@ -293,13 +295,10 @@ def train_reward_model(cfg: RewardConfig, run_dir, live_plot: Callable[[int, flo
         train = _load(run_dir, COMPARISONS, cfg.profile) + _load(run_dir, HUMAN_COMPARISONS, cfg.profile, required=False)
         heldout = _load(run_dir, HELDOUT_COMPARISONS, cfg.profile)
         tokenizer, model = build_reward_model(sft_path, cfg.profile)
-        if cfg.lora:
-            from peft import LoraConfig, get_peft_model
-
-            model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear",
-                                                     modules_to_save=["score"], task_type="SEQ_CLS"))
+        lora, plan = use_lora(cfg, model)
+        model = with_lora(model, cfg, "SEQ_CLS") if lora else trainable(model, False)
         losses = fit(model, tokenizer, train, cfg, live_plot, progress)
-        if cfg.lora:
+        if lora:
             model = model.merge_and_unload()
         model.eval()
 
@@ -323,8 +322,29 @@ def train_reward_model(cfg: RewardConfig, run_dir, live_plot: Callable[[int, flo
         "final_loss": round(statistics.fmean(losses[-20:]), 4) if losses else None,
         "train_accuracy_annotator": round(pairwise_accuracy(
             _group(raw, train), [r["ranking"] for r in train]), 4),
+        "lora": lora,
+        "training_plan": plan,
         "seconds": round(timer.seconds, 1),
     }
+
+
+def with_lora(model, cfg, task_type: str, adapter=None):
+    """`model` under peft LoRA adapters on every linear layer (rank `cfg.lora_r`); a sequence
+    classifier's scalar head (`score`) trains in full, as it starts from scratch or from the RM.
+    `adapter`, a folder a peft model was saved to, resumes those adapters instead of new ones.
+    The frozen base keeps its dtype; the adapters and the head are fp32 master weights."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    extra = {"modules_to_save": ["score"]} if task_type == "SEQ_CLS" else {}
+    if adapter is not None:
+        wrapped = PeftModel.from_pretrained(model, adapter, is_trainable=True)
+    else:
+        wrapped = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                                                   target_modules="all-linear", task_type=task_type, **extra))
+    for p in wrapped.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+    return wrapped
 
 
 def _group(flat: Sequence[float], records: Sequence[dict]) -> list[list[float]]:

@@ -331,3 +331,26 @@ def _locked(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+DRIVE_MOUNT = "/content/drive"
+"""Where a Colab notebook mounts Google Drive."""
+DRIVE_FOLDER = "MyDrive/rlhf-course"
+"""The course's folder inside Drive; a relative `run_dir` is placed under it."""
+
+
+def colab_run_dir(run_dir: str | os.PathLike, drive: bool = True) -> str:
+    """The run folder a notebook should use: on Colab with `drive`, `run_dir` inside Google Drive
+    (mounted at `DRIVE_MOUNT` if it is not yet), so a disconnected or recycled runtime loses
+    nothing: every stage checkpoints and resumes, and a re-run continues from the Drive copy.
+    Anywhere else, and on Colab with `drive=False`, `run_dir` unchanged. An absolute `run_dir`
+    is kept as it is (already on Drive, or deliberately elsewhere)."""
+    if not drive or "google.colab" not in sys.modules or Path(run_dir).is_absolute():
+        return str(run_dir)
+    from google.colab import drive as colab_drive  # only importable on Colab
+
+    if not (Path(DRIVE_MOUNT) / "MyDrive").is_dir():
+        colab_drive.mount(DRIVE_MOUNT)  # asks the learner to authorise Drive once per runtime
+    target = Path(DRIVE_MOUNT) / DRIVE_FOLDER / run_dir
+    target.mkdir(parents=True, exist_ok=True)
+    return str(target)

@@ -38,7 +38,8 @@ from rlhf_course.evaluate import (
     saved_replies,
     win_rate,
 )
-from rlhf_course.models import load_base, save_base
+from rlhf_course.hardware import use_lora
+from rlhf_course.models import load_base, save_base, trainable
 from rlhf_course.pretrain import resolve_precision
 from rlhf_course.runs import StageTimer, raise_corrupt, require, stage_dir
 from rlhf_course.world import World, gold_score
@@ -134,9 +135,10 @@ def trl_config(cfg: SFTConfig, output_dir: Path, device: str, progress: bool = T
     )
 
 
-def lora_config(cfg: SFTConfig):
-    """peft LoRA on every linear layer of the decoder, or None when `cfg.lora` is off."""
-    if not cfg.lora:
+def lora_config(cfg: SFTConfig, lora: bool | None = None):
+    """peft LoRA on every linear layer of the decoder, or None when LoRA is off (`lora`, or
+    `cfg.lora` when `lora` is None)."""
+    if not (cfg.lora if lora is None else lora):
         return None
     from peft import LoraConfig
 
@@ -170,6 +172,8 @@ def train_sft(cfg: SFTConfig, run_dir, live_plot=None, progress: bool = True) ->
     with StageTimer() as timer:
         dataset = load_sft_data(run_dir, cfg.profile)
         tokenizer, model = load_base(cfg.profile, path=base_path)
+        lora, plan = use_lora(cfg, model)
+        model = trainable(model, lora)
         device = "cuda" if cfg.profile != "cpu" and torch.cuda.is_available() else "cpu"
         model.train()
         model.config.use_cache = False  # training never reuses keys/values
@@ -178,12 +182,12 @@ def train_sft(cfg: SFTConfig, run_dir, live_plot=None, progress: bool = True) ->
             args=trl_config(cfg, out / "checkpoints", device, progress),
             train_dataset=dataset,
             processing_class=tokenizer,
-            peft_config=lora_config(cfg),
+            peft_config=lora_config(cfg, lora),
             callbacks=[_LossToPlot(live_plot)] if live_plot else None,
         )
         resume = get_last_checkpoint(str(out / "checkpoints")) if (out / "checkpoints").exists() else None
         result = trainer.train(resume_from_checkpoint=resume)
-        model = trainer.model.merge_and_unload() if cfg.lora else trainer.model
+        model = trainer.model.merge_and_unload() if lora else trainer.model
         model.config.use_cache = True
         model.eval()
         save_base(out / "model", model, tokenizer)
@@ -206,6 +210,8 @@ def train_sft(cfg: SFTConfig, run_dir, live_plot=None, progress: bool = True) ->
         "train_examples": len(dataset),
         "train_steps": int(result.global_step),
         "resumed_from": Path(resume).name if resume else None,
+        "lora": lora,
+        "training_plan": plan,
         "final_loss": round(statistics.fmean(losses[-3:]), 4) if losses else None,
         "seconds": round(timer.seconds, 1),
     }
