@@ -19,6 +19,9 @@ A record:
      "ranked_at": "2026-11-22T10:00:00+00:00", "source": "policy" | "demonstration",
      "turn": index of the replaced assistant message, "split": "train" | "heldout",
      "family": task family, "task": the toy-world task record (for the gold labeler), or null}
+
+On track 'hh', HH-RLHF's pairs become records of the same shape (K = 2, the chosen reply first,
+source "hh-rlhf", no task) in files of their own; see `rlhf_course.hh`.
 """
 
 from __future__ import annotations
@@ -52,6 +55,10 @@ HELDOUT_COMPARISONS = "heldout.jsonl"
 """Rankings of the policy's replies to held-out prompts, only for measuring the reward model."""
 HUMAN_COMPARISONS = "human.jsonl"
 """Rankings a learner made with the widget (notebook 04), in RUN_DIR/comparisons/."""
+HH_COMPARISONS = "hh.jsonl"
+"""Track 'hh': HH-RLHF training pairs as rankings of K=2 (they train the reward model too)."""
+HH_HELDOUT_COMPARISONS = "hh_heldout.jsonl"
+"""Track 'hh': HH-RLHF test pairs as rankings, only for measuring the reward model."""
 
 _REQUIRED = ("context", "replies", "ranking", "ranker")
 
@@ -343,7 +350,9 @@ def collect_comparisons(cfg, run_dir, progress: bool = True) -> dict[str, Any]:
     """Stage `comparisons`: rank K replies of the SFT policy for `cfg.prompts` training contexts
     (RUN_DIR/comparisons/comparisons.jsonl) and for the held-out prompts every stage reports on
     (heldout.jsonl, only for measuring the reward model), ranked by simulated annotators.
-    Rankings a learner made with the widget (human.jsonl) are left as they are."""
+    Rankings a learner made with the widget (human.jsonl) are left as they are. On track 'hh'
+    it also writes `cfg.hh_pairs` HH-RLHF training pairs (hh.jsonl) and `cfg.hh_heldout_pairs`
+    of its test pairs (hh_heldout.jsonl) as rankings."""
     import statistics
     from collections import Counter
 
@@ -355,6 +364,11 @@ def collect_comparisons(cfg, run_dir, progress: bool = True) -> dict[str, Any]:
     out = stage_dir(run_dir, "comparisons")
     sft_path = require(run_dir, "sft", "model", profile=cfg.profile)
     with StageTimer() as timer:
+        hh_sets = None
+        if cfg.track == "hh":  # first: a dataset that cannot load should stop us before sampling
+            from rlhf_course.hh import hh_comparisons
+
+            hh_sets = hh_comparisons(cfg.hh_preferences, cfg.hh_pairs, cfg.hh_heldout_pairs, seed=cfg.seed)
         world = World(cfg.seed)
         tokenizer, policy = load_checkpoint(sft_path, cfg.profile)
         annotators = Annotators(cfg.annotator_sharpness, cfg.annotator_length_bias, seed=cfg.seed)
@@ -369,9 +383,14 @@ def collect_comparisons(cfg, run_dir, progress: bool = True) -> dict[str, Any]:
                                                 id_prefix="h", **common)
         held_records = rank_with_annotators(held_items, annotators, first_item=10**6)
         write_jsonl(out / HELDOUT_COMPARISONS, held_records)
+        if hh_sets is not None:
+            write_jsonl(out / HH_COMPARISONS, hh_sets[0])
+            write_jsonl(out / HH_HELDOUT_COMPARISONS, hh_sets[1])
     sizes = Counter(len(r["replies"]) for r in records)
     agree, judged = annotator_agreement_on(records)
     golds = [gold_score(it.task, x).total for it in items for x in it.replies]
+    hh_report = {} if hh_sets is None else {
+        "hh_count": len(hh_sets[0]), "hh_heldout_count": len(hh_sets[1]), "hh_skipped": hh_sets[2]}
     return {
         "count": len(records),
         "pairs": sum(len(ranking_pairs(r["ranking"])) for r in records),
@@ -383,6 +402,7 @@ def collect_comparisons(cfg, run_dir, progress: bool = True) -> dict[str, Any]:
         "reply_gold_mean": round(statistics.fmean(golds), 4),
         "annotator_agreement": round(agree / judged, 4) if judged else None,
         "annotator_pairs_judged": judged,
+        **hh_report,
         "seconds": round(timer.seconds, 1),
     }
 

@@ -36,6 +36,37 @@ class _Preset:
         return dataclasses.asdict(self)
 
 
+TRACKS = ("toy", "hh")
+"""Where stages 02-06 take their data: 'toy' (the toy world alone, offline, judged by the gold
+labeler) or 'hh' (the toy world plus real hub data: demonstrations, HH-RLHF comparisons and
+prompts, see `rlhf_course.hh`; needs the hub, so a GPU profile)."""
+
+
+def _check_track(cfg: Any, counts: tuple[str, ...] = (), fractions: tuple[str, ...] = (),
+                 names: tuple[str, ...] = ()) -> None:
+    """Raise ValueError for an unknown `track`, a negative count, a fraction outside [0, 1) or an
+    empty dataset name among the named fields of `cfg`."""
+    cls = type(cfg).__name__
+    if cfg.track not in TRACKS:
+        raise ValueError(f"{cls}.track = {cfg.track!r}: unknown track; valid tracks are "
+                         f"{', '.join(map(repr, TRACKS))} ('toy' runs offline on the toy world, 'hh' "
+                         "adds real hub data)")
+    for name in counts:
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{cls}.{name} = {value!r}: use a whole number >= 0")
+    for name in fractions:
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
+            raise ValueError(f"{cls}.{name} = {value!r}: use a share in [0, 1); every batch keeps "
+                             "some toy-world prompts, the only ones the gold labeler can judge")
+    for name in names:
+        value = getattr(cfg, name)
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"{cls}.{name} = {value!r}: give a hub dataset id (such as "
+                             "'Anthropic/hh-rlhf') or the path of a local copy in the same schema")
+
+
 @dataclass(frozen=True)
 class BaseConfig(_Preset):
     """Stage `base` (notebook 01): the toy world, its tokenizer, and the pretrained base model.
@@ -136,6 +167,16 @@ class SFTConfig(_Preset):
     """Hardware profile this config was made for ('cpu', 't4', 'a100')."""
     seed: int = 0
     """Seeds the demonstrations, the data order and the evaluation samples."""
+    track: str = "toy"
+    """'toy': demonstrations from the toy world only. 'hh': real demonstrations from the hub
+    (`hh_demos`, `hh_instructions`) join the toy ones in the mix (see `rlhf_course.hh`)."""
+    hh_demos: str = "HuggingFaceH4/no_robots"
+    """Track 'hh': a messages-format dataset of real conversations (hub id or local file/folder)."""
+    hh_instructions: str = "databricks/databricks-dolly-15k"
+    """Track 'hh': a Dolly-style instruction/context/response dataset, turned into dialogues."""
+    hh_demo_count: int = 4000
+    """Track 'hh': real demonstrations added to the toy mix, a seeded sample; an
+    `instruction_fraction` share of them comes from `hh_instructions`, the rest from `hh_demos`."""
 
     # --- data (notebook 02) ---
     dialogues: int = 3000
@@ -193,6 +234,9 @@ class SFTConfig(_Preset):
                  "max_new_tokens": 256, "eval_batch_size": 128},
     }
 
+    def __post_init__(self) -> None:
+        _check_track(self, counts=("hh_demo_count",), names=("hh_demos", "hh_instructions"))
+
 
 @dataclass(frozen=True)
 class RewardConfig(_Preset):
@@ -203,6 +247,16 @@ class RewardConfig(_Preset):
     """Hardware profile this config was made for ('cpu', 't4', 'a100')."""
     seed: int = 0
     """Seeds the contexts, the sampled replies, the annotators' noise and the data order."""
+    track: str = "toy"
+    """'toy': rankings of the SFT policy's toy-world replies only. 'hh': HH-RLHF comparisons
+    (`hh_preferences`) also train the reward model, and its held-out test pairs measure it."""
+    hh_preferences: str = "Anthropic/hh-rlhf"
+    """Track 'hh': HH-RLHF-format preference pairs (hub id, or a local folder holding train and
+    test files: the held-out pairs come from the test split)."""
+    hh_pairs: int = 4000
+    """Track 'hh': HH-RLHF training pairs (rankings of K=2) added to the toy rankings, a seeded sample."""
+    hh_heldout_pairs: int = 500
+    """Track 'hh': HH-RLHF test pairs that measure the reward model (`rm.accuracy_hh_heldout`)."""
 
     # --- comparisons (notebook 04) ---
     prompts: int = 1200
@@ -270,6 +324,9 @@ class RewardConfig(_Preset):
                  "max_new_tokens": 256, "sample_batch_size": 64, "score_batch_size": 32},
     }
 
+    def __post_init__(self) -> None:
+        _check_track(self, counts=("hh_pairs", "hh_heldout_pairs"), names=("hh_preferences",))
+
 
 @dataclass(frozen=True)
 class PPOConfig(_Preset):
@@ -280,6 +337,14 @@ class PPOConfig(_Preset):
     """Hardware profile this config was made for ('cpu', 't4', 'a100')."""
     seed: int = 0
     """Seeds the training prompts, every sampled reply, the minibatch order and the evaluation."""
+    track: str = "toy"
+    """'toy': rollout prompts from the toy world only. 'hh': a `hh_prompt_fraction` share of
+    every batch are HH-RLHF prompts, scored by the reward model alone (no gold for them; the
+    watched gold and the held-out evaluation stay on toy-world prompts)."""
+    hh_prompts: str = "Anthropic/hh-rlhf"
+    """Track 'hh': the dataset whose conversations (up to the last user turn) become prompts."""
+    hh_prompt_fraction: float = 0.5
+    """Track 'hh': share of each batch's rollout prompts taken from `hh_prompts`, in [0, 1)."""
 
     # --- rollouts ---
     steps: int = 30
@@ -365,6 +430,9 @@ class PPOConfig(_Preset):
         "a100": {"batch_size": 64, "minibatch_size": 16, "lr": 1e-6, "value_lr": 5e-6, "steps": 300,
                  "max_new_tokens": 256, "logprob_chunk": 64, "eval_batch_size": 128, "lora": None},
     }
+
+    def __post_init__(self) -> None:
+        _check_track(self, fractions=("hh_prompt_fraction",), names=("hh_prompts",))
 
 
 @dataclass(frozen=True)

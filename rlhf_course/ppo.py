@@ -376,6 +376,10 @@ def _check_config(cfg: PPOConfig) -> None:
 
 def _training_tasks(cfg: PPOConfig, processes: int, prompt_seed: int) -> list[Task]:
     # Training prompts, disjoint in seed from the comparisons' (seed) and evaluation's (held-out).
+    if cfg.track == "hh":  # every batch also holds HH-RLHF prompts (hh.PromptTask, no gold)
+        from rlhf_course.hh import training_prompts
+
+        return training_prompts(cfg, processes, prompt_seed)
     return World(cfg.seed).tasks("train", cfg.steps * cfg.batch_size * processes, seed=prompt_seed)
 
 
@@ -506,12 +510,13 @@ def train_ppo(cfg: PPOConfig, run_dir, live_plot: Callable[[int, dict], object] 
             ended = torch.tensor(ro.ended, device=device)
 
             # 2. score: the reward model's normalised score, minus the penalty for never ending;
-            #    the gold labeler's verdict is computed only to watch (never trained on).
+            #    the gold labeler's verdict is computed only to watch (never trained on), and only
+            #    on toy-world tasks: track 'hh' prompts have no gold.
             proxy = torch.tensor(reward_model.score([t.prompt for t in batch_tasks], ro.texts,
                                                     batch_size=cfg.batch_size), device=device)
             scores = missing_eos_penalty(proxy, ended, cfg.missing_eos_penalty)
-            gold = torch.tensor([gold_score(t, r).total for t, r in zip(batch_tasks, ro.texts, strict=True)],
-                                device=device)
+            gold = torch.tensor([gold_score(t, r).total for t, r in zip(batch_tasks, ro.texts, strict=True)
+                                 if isinstance(t, Task)], device=device)
 
             # 3. KL penalty: log-probs under the policy (at the rollout temperature) and the frozen
             #    SFT policy; per-token rewards = -beta * KL_t, plus the score at the last token.
@@ -578,6 +583,9 @@ def train_ppo(cfg: PPOConfig, run_dir, live_plot: Callable[[int, dict], object] 
                 "length": mask.sum(1).float().mean(), "ended": ended.float().mean(),
                 **{k: torch.tensor(statistics.fmean(v)) for k, v in stats.items() if v},
             }
+            real = torch.tensor([not isinstance(t, Task) for t in batch_tasks], device=device)
+            if bool(real.any()):  # track 'hh': the reward model's view of each kind of prompt
+                local.update(proxy_reward_toy=proxy[~real].mean(), proxy_reward_hh=proxy[real].mean())
             metrics = {"step": step + 1, "seconds": round(time.perf_counter() - started, 3),
                        "kl": round(kl_per_reply, 4), "kl_coef": round(kl_coef_used, 5),
                        **{k: round(accelerator.reduce(v.to(device).float(), "mean").item(), 4)
@@ -618,6 +626,8 @@ def train_ppo(cfg: PPOConfig, run_dir, live_plot: Callable[[int, dict], object] 
             result.update(lora=lora, training_plan=plan, train_steps=state.step, resumed_from_step=saved["step"] if resume else None,
                           processes=processes, replicas_in_sync=in_sync, final_kl_coef=round(kl_ctl.value, 5),
                           train_gold_last=state.history[-1]["gold"] if state.history else None)
+            if cfg.track == "hh":
+                result["hh_prompts_per_batch"] = sum(not isinstance(t, Task) for t in tasks[: cfg.batch_size])
         accelerator.wait_for_everyone()
     if main:
         result["seconds"] = round(timer.seconds, 1)

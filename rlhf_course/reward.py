@@ -38,6 +38,8 @@ from tqdm.auto import tqdm
 from rlhf_course.comparisons import (
     COMPARISONS,
     HELDOUT_COMPARISONS,
+    HH_COMPARISONS,
+    HH_HELDOUT_COMPARISONS,
     HUMAN_COMPARISONS,
     load_comparisons,
     ranking_pairs,
@@ -288,16 +290,21 @@ def lr_at(step: int, total: int, cfg: RewardConfig) -> float:
 def train_reward_model(cfg: RewardConfig, run_dir, live_plot: Callable[[int, float], object] | None = None,
                        progress: bool = True) -> dict:
     """Stage `rm`: train RUN_DIR/rm/model on RUN_DIR/comparisons/ (simulated and human
-    rankings), normalise it on the SFT replies, and measure it on the held-out rankings."""
+    rankings), normalise it on the SFT replies, and measure it on the held-out rankings.
+
+    On track 'hh' it also trains on the HH-RLHF rankings (hh.jsonl) and reports
+    `accuracy_hh_heldout`, its pairwise accuracy on HH-RLHF's held-out pairs (hh_heldout.jsonl);
+    `train_rankings`, `train_pairs` and the normalisation stay on the toy-world rankings."""
     out = stage_dir(run_dir, "rm")
     sft_path = require(run_dir, "sft", "model", profile=cfg.profile)
     with StageTimer() as timer:
         train = _load(run_dir, COMPARISONS, cfg.profile) + _load(run_dir, HUMAN_COMPARISONS, cfg.profile, required=False)
         heldout = _load(run_dir, HELDOUT_COMPARISONS, cfg.profile)
+        hh_train, hh_heldout = _load_hh(run_dir, cfg) if cfg.track == "hh" else ([], [])
         tokenizer, model = build_reward_model(sft_path, cfg.profile)
         lora, plan = use_lora(cfg, model)
         model = with_lora(model, cfg, "SEQ_CLS") if lora else trainable(model, False)
-        losses = fit(model, tokenizer, train, cfg, live_plot, progress)
+        losses = fit(model, tokenizer, train + hh_train, cfg, live_plot, progress)
         if lora:
             model = model.merge_and_unload()
         model.eval()
@@ -315,6 +322,13 @@ def train_reward_model(cfg: RewardConfig, run_dir, live_plot: Callable[[int, flo
         rows = score_heldout(rm, heldout, cfg, progress)
         write_jsonl(out / HELDOUT_SCORES, rows)
         metrics = reward_metrics(rows, [r["ranking"] for r in heldout], cfg.gold_margin)
+        if cfg.track == "hh":
+            from rlhf_course.hh import preference_accuracy
+
+            acc, pairs = preference_accuracy(
+                lambda contexts, replies: rm.score(contexts, replies, cfg.score_batch_size, progress), hh_heldout)
+            metrics.update(accuracy_hh_heldout=_rounded(acc, 4) if acc is not None else None,
+                           hh_heldout_pairs=pairs, hh_train_rankings=len(hh_train))
     return {
         **metrics,
         "train_rankings": len(train),
@@ -326,6 +340,18 @@ def train_reward_model(cfg: RewardConfig, run_dir, live_plot: Callable[[int, flo
         "training_plan": plan,
         "seconds": round(timer.seconds, 1),
     }
+
+
+def _load_hh(run_dir, cfg: RewardConfig) -> tuple[list[dict], list[dict]]:
+    """Track 'hh': the HH-RLHF training and held-out rankings stage `comparisons` wrote."""
+    from rlhf_course.runs import MissingStageOutput
+
+    try:
+        return _load(run_dir, HH_COMPARISONS, cfg.profile), _load(run_dir, HH_HELDOUT_COMPARISONS, cfg.profile)
+    except MissingStageOutput as err:
+        raise MissingStageOutput(
+            f"{err}\nStage `comparisons` writes the HH-RLHF rankings only on track 'hh': run it with "
+            "track='hh' (RewardConfig.track, or --set track=hh) before this stage.") from err
 
 
 def with_lora(model, cfg, task_type: str, adapter=None):
