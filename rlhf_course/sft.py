@@ -39,7 +39,7 @@ from rlhf_course.evaluate import (
     win_rate,
 )
 from rlhf_course.hardware import use_lora
-from rlhf_course.models import load_base, save_base, trainable
+from rlhf_course.models import load_checkpoint, save_base, trainable
 from rlhf_course.pretrain import resolve_precision
 from rlhf_course.runs import StageTimer, raise_corrupt, require, stage_dir
 from rlhf_course.world import World, gold_score
@@ -47,7 +47,8 @@ from rlhf_course.world import World, gold_score
 HUMAN_DEMOS = "human.jsonl"
 """Conversations a learner wrote with the widget (notebook 02), in RUN_DIR/demos/."""
 SFT_DATA = "sft_data.jsonl"
-"""The mixed SFT dataset (trainer dialogues + human dialogues + instructions), in RUN_DIR/demos/."""
+"""The mixed SFT dataset (trainer dialogues + human dialogues + instructions, plus hub
+demonstrations on track 'hh'), in RUN_DIR/demos/."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -58,7 +59,9 @@ SFT_DATA = "sft_data.jsonl"
 def build_demonstrations(cfg: SFTConfig, run_dir) -> dict:
     """Write RUN_DIR/demos/sft_data.jsonl: simulated trainers' dialogues, any human-written ones
     (RUN_DIR/demos/human.jsonl, kept as they are), and instructions turned into dialogues, mixed
-    so instructions make up `cfg.instruction_fraction`. Returns the stage's report entry."""
+    so instructions make up `cfg.instruction_fraction`. On track 'hh', `cfg.hh_demo_count` real
+    demonstrations from the hub (`hh.real_demonstrations`) join that mix. Returns the stage's
+    report entry, with the counts by source."""
     out = stage_dir(run_dir, "demos")
     world = World(cfg.seed)
     dialogues = SimulatedTrainers().write(world, cfg.dialogues, seed=cfg.seed)
@@ -70,14 +73,24 @@ def build_demonstrations(cfg: SFTConfig, run_dir) -> dict:
     instructions = [instruction_to_messages(r) for r in
                     instruction_set(world, n_instructions, seed=cfg.seed)]
     records = mix(dialogues + human, instructions, cfg.instruction_fraction, seed=cfg.seed)
+    hh_skipped = None
+    if cfg.track == "hh":
+        from rlhf_course.hh import mix_in, real_demonstrations
+
+        real, hh_skipped = real_demonstrations(cfg.hh_demos, cfg.hh_instructions, cfg.hh_demo_count,
+                                               cfg.instruction_fraction, seed=cfg.seed)
+        records = mix_in(records, real, seed=cfg.seed)
     write_jsonl(out / SFT_DATA, records)
     sources = Counter(r.get("source", "?") for r in records)
-    return {
+    report = {
         "count": len(records),
         "by_source": dict(sources),
         "by_family": dict(Counter(r["family"] for r in dialogues)),
         "trainer_gold": round(trainer_gold(world, cfg), 4),
     }
+    if hh_skipped is not None:
+        report.update(track="hh", hh_skipped=hh_skipped)
+    return report
 
 
 def trainer_gold(world: World, cfg: SFTConfig, n: int = 600) -> float:
@@ -171,7 +184,9 @@ def train_sft(cfg: SFTConfig, run_dir, live_plot=None, progress: bool = True) ->
     base_path = require(run_dir, "base", "model", profile=cfg.profile)
     with StageTimer() as timer:
         dataset = load_sft_data(run_dir, cfg.profile)
-        tokenizer, model = load_base(cfg.profile, path=base_path)
+        # RUN_DIR/base/model on every profile: on a GPU it is the hub model stage `base` loaded
+        # (whichever BaseConfig.hub_model the learner chose), so it is not fetched again.
+        tokenizer, model = load_checkpoint(base_path, cfg.profile)
         lora, plan = use_lora(cfg, model)
         model = trainable(model, lora)
         device = "cuda" if cfg.profile != "cpu" and torch.cuda.is_available() else "cpu"
@@ -225,5 +240,5 @@ def base_scores(run_dir, tasks, cfg: SFTConfig, progress: bool = False) -> list[
     replies = saved_replies(run_dir, "base", tasks)
     if replies is not None:
         return [gold_score(t, r).total for t, r in zip(tasks, replies, strict=True)]
-    tokenizer, model = load_base(cfg.profile, path=require(run_dir, "base", "model", profile=cfg.profile))
+    tokenizer, model = load_checkpoint(require(run_dir, "base", "model", profile=cfg.profile), cfg.profile)
     return [s.total for s in evaluate_policy(model, tokenizer, tasks, cfg, progress).scores]

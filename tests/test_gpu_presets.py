@@ -11,7 +11,7 @@ import pytest
 import torch
 from _runs import TINY_PPO, tiny_run
 
-from rlhf_course import hardware, pretrain, ppo
+from rlhf_course import hardware, ppo, pretrain
 from rlhf_course.config import BaseConfig, PPOConfig, RewardConfig, SFTConfig
 from rlhf_course.hardware import plan_training, use_lora
 from rlhf_course.models import load_checkpoint, trainable, trusts_remote_code
@@ -314,3 +314,25 @@ def test_run_dir_stays_local_outside_colab_and_goes_to_drive_on_colab(monkeypatc
     runs.colab_run_dir("runs/other")  # already mounted: not mounted again
     assert len(mounted) == 1
     assert runs.colab_run_dir("/content/elsewhere") == "/content/elsewhere"
+
+
+@pytest.mark.slow
+def test_sft_on_the_t4_preset_trains_the_runs_own_base_model_in_fp32(tiny_models, tmp_path, monkeypatch):
+    """The t4 preset's SFT, run on a CPU: it reads RUN_DIR/base/model (on a GPU, the hub model the
+    learner chose in notebook 01), never the preset's hub id (no network here, so a fetch would
+    fail), decides full fine-tuning from the model's size, and trains fp32 master weights of a
+    model that loads in fp16."""
+    from rlhf_course.sft import build_demonstrations, train_sft
+
+    monkeypatch.setattr(hardware, "gpu_memory_gb", lambda: None)
+    cfg = SFTConfig.preset("t4", dialogues=16, epochs=1.0, batch_size=8, max_length=384, precision="fp32",
+                           gradient_checkpointing=False, eval_prompts=200, max_new_tokens=8,
+                           eval_batch_size=100)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "base").symlink_to(tiny_models / "base")
+    build_demonstrations(cfg, run)
+    result = train_sft(cfg, run, progress=False)
+    assert result["lora"] is False and "full fine-tuning" in result["training_plan"]
+    assert result["train_steps"] == 3  # 21 conversations (16 + 5 instructions) / 8 per step
+    assert load_checkpoint(run / "sft" / "model", "t4")[1].dtype == torch.float16
