@@ -321,11 +321,13 @@ def test_sft_on_the_t4_preset_trains_the_runs_own_base_model_in_fp32(tiny_models
     """The t4 preset's SFT, run on a CPU: it reads RUN_DIR/base/model (on a GPU, the hub model the
     learner chose in notebook 01), never the preset's hub id (no network here, so a fetch would
     fail), decides full fine-tuning from the model's size, and trains fp32 master weights of a
-    model that loads in fp16."""
+    model that loads in fp16 (without them, TRL's step would leave fp16 weights)."""
     from rlhf_course.sft import build_demonstrations, train_sft
 
     monkeypatch.setattr(hardware, "gpu_memory_gb", lambda: None)
-    cfg = SFTConfig.preset("t4", dialogues=16, epochs=1.0, batch_size=8, max_length=384, precision="fp32",
+    # precision stays 'auto' (on a CPU: what every other test uses): accelerate fixes the mixed
+    # precision of the process at its first Accelerator, which TRL creates here.
+    cfg = SFTConfig.preset("t4", dialogues=16, epochs=1.0, batch_size=8, max_length=384,
                            gradient_checkpointing=False, eval_prompts=200, max_new_tokens=8,
                            eval_batch_size=100)
     run = tmp_path / "run"
@@ -335,4 +337,8 @@ def test_sft_on_the_t4_preset_trains_the_runs_own_base_model_in_fp32(tiny_models
     result = train_sft(cfg, run, progress=False)
     assert result["lora"] is False and "full fine-tuning" in result["training_plan"]
     assert result["train_steps"] == 3  # 21 conversations (16 + 5 instructions) / 8 per step
-    assert load_checkpoint(run / "sft" / "model", "t4")[1].dtype == torch.float16
+    from safetensors import safe_open
+
+    with safe_open(str(run / "sft" / "model" / "model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}  # trained as fp32
+    assert load_checkpoint(run / "sft" / "model", "t4")[1].dtype == torch.float16  # served as fp16
