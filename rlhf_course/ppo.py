@@ -434,7 +434,7 @@ def train_ppo(cfg: PPOConfig, run_dir, live_plot: Callable[[int, dict], object] 
     sft_path = require(run_dir, "sft", "model", profile=cfg.profile)
     cuda = cfg.profile != "cpu" and torch.cuda.is_available()
     precision = resolve_precision(cfg, "cuda" if cuda else "cpu")
-    accelerator = Accelerator(cpu=not cuda, mixed_precision={"bf16": "bf16", "fp16": "fp16"}.get(precision, "no"))
+    accelerator = _accelerator(Accelerator, cuda, precision)
     device, main, processes = accelerator.device, accelerator.is_main_process, accelerator.num_processes
     set_seed(cfg.seed)
 
@@ -632,6 +632,19 @@ def train_ppo(cfg: PPOConfig, run_dir, live_plot: Callable[[int, dict], object] 
     if main:
         result["seconds"] = round(timer.seconds, 1)
     return result
+
+
+def _accelerator(accelerator_cls, cuda: bool, precision: str):
+    """An Accelerator for this run's device and precision. accelerate keeps one mixed precision
+    per process and refuses another; an earlier stage in the same process (TRL's trainers build
+    an Accelerator, and `rlhf-course run` runs every stage in one process) may have fixed a
+    different one, so that per-process choice is dropped first. The process group, if any, stays."""
+    from accelerate.state import AcceleratorState
+
+    mixed = {"bf16": "bf16", "fp16": "fp16"}.get(precision, "no")
+    if AcceleratorState._shared_state.get("_mixed_precision", mixed) != mixed:
+        AcceleratorState._reset_state()
+    return accelerator_cls(cpu=not cuda, mixed_precision=mixed)
 
 
 def _trained(module: torch.nn.Module) -> list[torch.nn.Parameter]:

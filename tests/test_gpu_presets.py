@@ -342,3 +342,21 @@ def test_sft_on_the_t4_preset_trains_the_runs_own_base_model_in_fp32(tiny_models
     with safe_open(str(run / "sft" / "model" / "model.safetensors"), "pt") as f:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}  # trained as fp32
     assert load_checkpoint(run / "sft" / "model", "t4")[1].dtype == torch.float16  # served as fp16
+
+
+def test_ppo_gets_its_own_mixed_precision_after_another_stage_fixed_one():
+    """accelerate keeps one mixed precision per process: a stage run before PPO in the same
+    process (TRL's SFT, say, forced to fp32) must not stop PPO from using bf16 or fp16."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    try:
+        AcceleratorState._reset_state()  # whatever earlier tests fixed
+        Accelerator(cpu=True, mixed_precision="no")
+        with pytest.raises(ValueError, match="already been initialized"):
+            Accelerator(cpu=True, mixed_precision="bf16")  # what PPO met before
+        assert ppo._accelerator(Accelerator, False, "bf16").mixed_precision == "bf16"
+        assert ppo._accelerator(Accelerator, False, "bf16").mixed_precision == "bf16"  # kept
+        assert ppo._accelerator(Accelerator, False, "fp32").mixed_precision == "no"
+    finally:
+        AcceleratorState._reset_state()
