@@ -29,3 +29,23 @@ def tiny_run(run: Path) -> Path:
     collect_comparisons(RewardConfig.preset("cpu", **TINY_RM), run, progress=False)
     train_reward_model(RewardConfig.preset("cpu", **TINY_RM), run, progress=False)
     return run
+
+
+def copy_run(src: Path, dst: Path) -> Path:
+    """A copy of the tiny run `src` at `dst` without its ppo/ folder (symlinks resolved), so a
+    PPO run there starts afresh and writes nothing into `src`."""
+    import shutil
+
+    shutil.copytree(src, dst, symlinks=False, ignore=shutil.ignore_patterns("ppo"))
+    return dst
+
+
+def ppo_history(run: Path) -> list[dict]:
+    """RUN/ppo/history.jsonl's per-step metrics without the step's wall time (the one figure a
+    rerun may change)."""
+    import json
+
+    from rlhf_course.ppo import HISTORY
+
+    rows = [json.loads(line) for line in (run / "ppo" / HISTORY).read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]

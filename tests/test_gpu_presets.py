@@ -3,13 +3,12 @@ device, T4 emulation, LoRA wired through SFT, the reward model and PPO, a PPO ch
 survives a cut-off save, and a run folder moved to another path (a Drive folder on a new Colab
 runtime) resuming where it stopped. No GPU is used: CUDA is faked where a test needs its answers."""
 
-import json
 import shutil
 from types import SimpleNamespace
 
 import pytest
 import torch
-from _runs import TINY_PPO, tiny_run
+from _runs import TINY_PPO, copy_run, ppo_history, tiny_run
 
 from rlhf_course import hardware, ppo, pretrain
 from rlhf_course.config import BaseConfig, PPOConfig, RewardConfig, SFTConfig
@@ -172,23 +171,13 @@ def test_lora_wraps_the_value_model_with_a_trainable_head_and_fp32_adapters(tiny
     assert values.shape == (1, 2) and torch.isfinite(values).all()
 
 
-def _copy(src, dst):
-    shutil.copytree(src, dst, symlinks=False, ignore=shutil.ignore_patterns("ppo"))
-    return dst
-
-
-def _history(run):
-    rows = [json.loads(x) for x in (run / "ppo" / ppo.HISTORY).read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
-
-
 @pytest.mark.slow
 def test_ppo_with_lora_resumes_in_a_moved_run_folder_with_the_same_curves(tiny_models, tmp_path):
     """LoRA PPO interrupted after its checkpoint, its run folder moved (a Drive folder mounted on
     a fresh Colab runtime sits at another path), resumed there: the same curves as a run that was
     never interrupted, adapters in the checkpoint, a merged plain model at the end."""
     cfg = PPOConfig.preset("cpu", **TINY_PPO, lora=True, lora_r=4)
-    whole = _copy(tiny_models, tmp_path / "whole")
+    whole = copy_run(tiny_models, tmp_path / "whole")
     result = ppo.train_ppo(cfg, whole, progress=False)
     assert result["lora"] is True
     base = load_checkpoint(whole / "sft" / "model")[1].state_dict()
@@ -198,7 +187,7 @@ def test_ppo_with_lora_resumes_in_a_moved_run_folder_with_the_same_curves(tiny_m
     assert any(not torch.equal(merged[k], base[k]) for k in base)  # the adapters moved it
     assert torch.equal(merged["model.embed_tokens.weight"], base["model.embed_tokens.weight"])
 
-    cut = _copy(tiny_models, tmp_path / "local")
+    cut = copy_run(tiny_models, tmp_path / "local")
 
     def disconnect(step, metrics):
         if step == 3:
@@ -215,10 +204,10 @@ def test_ppo_with_lora_resumes_in_a_moved_run_folder_with_the_same_curves(tiny_m
     shutil.rmtree(cut)
     resumed = ppo.train_ppo(cfg, moved, progress=False)
     assert resumed["resumed_from_step"] == 2
-    assert _history(moved) == _history(whole)
+    assert ppo_history(moved) == ppo_history(whole)
 
     with pytest.raises(ValueError, match="trained with LoRA"):
-        again = _copy(tiny_models, tmp_path / "mismatch")
+        again = copy_run(tiny_models, tmp_path / "mismatch")
         with pytest.raises(KeyboardInterrupt):
             ppo.train_ppo(cfg, again, live_plot=disconnect, progress=False)
         ppo.train_ppo(PPOConfig.preset("cpu", **TINY_PPO, lora=False), again, progress=False)

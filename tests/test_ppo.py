@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from _runs import TINY_PPO, tiny_run
+from _runs import TINY_PPO, copy_run, ppo_history, tiny_run
 
 from rlhf_course import ppo
 from rlhf_course.ppo import (
@@ -213,19 +213,6 @@ def ppo_run(tmp_path_factory):
 TINY = TINY_PPO
 
 
-def _copy_run(src, dst):
-    import shutil
-
-    shutil.copytree(src, dst, symlinks=False, ignore=shutil.ignore_patterns("ppo"))
-    return dst
-
-
-def _history(run):
-    """The per-step metrics, without the step's wall time (the one figure a rerun may change)."""
-    rows = [json.loads(line) for line in (run / "ppo" / ppo.HISTORY).read_text().splitlines()]
-    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
-
-
 @pytest.mark.slow
 def test_ppo_stage_reports_saves_and_repeats_itself_exactly(ppo_run, tmp_path):
     from rlhf_course.config import PPOConfig
@@ -233,7 +220,7 @@ def test_ppo_stage_reports_saves_and_repeats_itself_exactly(ppo_run, tmp_path):
 
     cfg = PPOConfig.preset("cpu", **TINY, ptx_coef=0.5)
     seen = []
-    a = _copy_run(ppo_run, tmp_path / "a")
+    a = copy_run(ppo_run, tmp_path / "a")
     result = ppo.train_ppo(cfg, a, live_plot=lambda step, m: seen.append((step, m)), progress=False)
     for key in ("gold", "proxy_reward", "kl_to_sft", "win_rate_vs_sft", "sft_gold", "gold_by_family",
                 "sft_gold_by_family", "seconds"):
@@ -242,16 +229,16 @@ def test_ppo_stage_reports_saves_and_repeats_itself_exactly(ppo_run, tmp_path):
     assert set(result["gold_by_family"]) == set(result["sft_gold_by_family"])
     assert [s for s, _ in seen] == [1, 2, 3, 4]
     assert all(math.isfinite(m["ptx_loss"]) for _, m in seen)
-    history = _history(a)
+    history = ppo_history(a)
     assert [h["step"] for h in history] == [1, 2, 3, 4]
     assert history[0]["kl"] == 0.0  # the first rollout comes from the SFT policy itself
     assert history[-1]["kl"] != 0.0  # ... and the updates moved the policy
     assert not (a / "ppo" / ppo.CHECKPOINT).exists()  # a finished run leaves no checkpoint
     load_checkpoint(a / "ppo" / "model")
     # The same seed gives the same curves.
-    b = _copy_run(ppo_run, tmp_path / "b")
+    b = copy_run(ppo_run, tmp_path / "b")
     ppo.train_ppo(cfg, b, progress=False)
-    assert _history(b) == history
+    assert ppo_history(b) == history
 
 
 @pytest.mark.slow
@@ -259,10 +246,10 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_with_the_same_curves(ppo
     from rlhf_course.config import PPOConfig
 
     cfg = PPOConfig.preset("cpu", **TINY)
-    whole = _copy_run(ppo_run, tmp_path / "whole")
+    whole = copy_run(ppo_run, tmp_path / "whole")
     ppo.train_ppo(cfg, whole, progress=False)
 
-    cut = _copy_run(ppo_run, tmp_path / "cut")
+    cut = copy_run(ppo_run, tmp_path / "cut")
 
     def interrupt(step, metrics):
         if step == 3:
@@ -273,14 +260,14 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_with_the_same_curves(ppo
     assert (cut / "ppo" / ppo.CHECKPOINT / "state.pt").exists()  # saved after step 2
     result = ppo.train_ppo(cfg, cut, progress=False)
     assert result["resumed_from_step"] == 2
-    assert _history(cut) == _history(whole)
+    assert ppo_history(cut) == ppo_history(whole)
 
 
 @pytest.mark.slow
 def test_a_non_finite_loss_stops_with_advice_and_keeps_the_checkpoint(ppo_run, tmp_path, monkeypatch):
     from rlhf_course.config import PPOConfig
 
-    run = _copy_run(ppo_run, tmp_path / "nan")
+    run = copy_run(ppo_run, tmp_path / "nan")
     real = ppo.policy_loss
     calls = []
 
@@ -301,7 +288,7 @@ def test_a_non_finite_loss_stops_with_advice_and_keeps_the_checkpoint(ppo_run, t
 def test_kl_past_the_ceiling_stops_training(ppo_run, tmp_path):
     from rlhf_course.config import PPOConfig
 
-    run = _copy_run(ppo_run, tmp_path / "kl")
+    run = copy_run(ppo_run, tmp_path / "kl")
     # The first rollout is the SFT policy's own (KL exactly 0); any update then moves it.
     with pytest.raises(ppo.PPOStopped, match=r"step [234]: the mean KL .* past max_kl=1e-06.*init_kl_coef"):
         ppo.train_ppo(PPOConfig.preset("cpu", **TINY, max_kl=1e-6), run, progress=False)
@@ -309,7 +296,7 @@ def test_kl_past_the_ceiling_stops_training(ppo_run, tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_data_parallel_under_accelerate_launch(ppo_run, tmp_path):
-    run = _copy_run(ppo_run, tmp_path / "ddp")
+    run = copy_run(ppo_run, tmp_path / "ddp")
     sets = [f"--set={k}={v}" for k, v in {**TINY, "steps": 2}.items()]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # `--multi_gpu` picks accelerate's multi-process (torchrun) launcher; `--cpu` would start one
@@ -324,4 +311,4 @@ def test_two_processes_data_parallel_under_accelerate_launch(ppo_run, tmp_path):
     report = json.loads((run / "report.json").read_text())["ppo"]
     assert report["processes"] == 2
     assert report["replicas_in_sync"] is True  # gradients were averaged: both copies stayed equal
-    assert [h["step"] for h in _history(run)] == [1, 2]
+    assert [h["step"] for h in ppo_history(run)] == [1, 2]
