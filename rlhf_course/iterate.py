@@ -85,9 +85,9 @@ def run_round(cfg: IterateConfig, run_dir, n: int, policy_path: Path, rm_dir: Pa
 
     from rlhf_course.evaluate import heldout_tasks, win_rate
     from rlhf_course.hardware import use_lora
-    from rlhf_course.models import load_checkpoint, trainable
+    from rlhf_course.models import load_checkpoint, trainable, with_lora
     from rlhf_course.ppo import PPOPaths, train_ppo
-    from rlhf_course.reward import NORMALISATION, fit, load_reward_model_from, raw_scores, with_lora
+    from rlhf_course.reward import NORMALISATION, fit, load_reward_model_from, raw_scores
 
     rcfg, pcfg = configs or stage_configs(cfg)
     out = round_dir(run_dir, n)

@@ -218,6 +218,25 @@ def load_checkpoint(path: str | os.PathLike, profile: str = "cpu", device: str |
     return tokenizer, model.to(device).eval()
 
 
+def with_lora(model, cfg, task_type: str, adapter=None):
+    """`model` under peft LoRA adapters on every linear layer (rank `cfg.lora_r`); a sequence
+    classifier's scalar head (`score`) trains in full, as it starts from scratch or from the RM.
+    `adapter`, a folder a peft model was saved to, resumes those adapters instead of new ones.
+    The frozen base keeps its dtype; the adapters and the head are fp32 master weights."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    extra = {"modules_to_save": ["score"]} if task_type == "SEQ_CLS" else {}
+    if adapter is not None:
+        wrapped = PeftModel.from_pretrained(model, adapter, is_trainable=True)
+    else:
+        wrapped = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                                                   target_modules="all-linear", task_type=task_type, **extra))
+    for p in wrapped.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+    return wrapped
+
+
 def _looks_local(source: str) -> bool:
     """A folder, or a path that cannot be a hub id ("org/name" or "name")."""
     return os.path.isdir(source) or source.startswith((".", "/", "~")) or source.count("/") > 1

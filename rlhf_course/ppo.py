@@ -423,9 +423,9 @@ def train_ppo(cfg: PPOConfig, run_dir, live_plot: Callable[[int, dict], object] 
     from transformers import AutoModelForSequenceClassification
 
     from rlhf_course.hardware import use_lora
-    from rlhf_course.models import load_checkpoint, trainable
+    from rlhf_course.models import load_checkpoint, trainable, with_lora
     from rlhf_course.pretrain import resolve_precision
-    from rlhf_course.reward import load_reward_model_from, with_lora
+    from rlhf_course.reward import load_reward_model_from
 
     _check_config(cfg)
     paths = paths or PPOPaths.stage(run_dir, cfg)

@@ -48,7 +48,7 @@ from rlhf_course.config import BaseConfig, RewardConfig
 from rlhf_course.data import write_jsonl
 from rlhf_course.generation import right_pad
 from rlhf_course.hardware import use_lora
-from rlhf_course.models import trainable
+from rlhf_course.models import trainable, with_lora
 from rlhf_course.pretrain import resolve_precision
 from rlhf_course.runs import StageTimer, raise_corrupt, require, stage_dir, write_text_atomic
 from rlhf_course.world import Task, gold_score
@@ -352,25 +352,6 @@ def _load_hh(run_dir, cfg: RewardConfig) -> tuple[list[dict], list[dict]]:
         raise MissingStageOutput(
             f"{err}\nStage `comparisons` writes the HH-RLHF rankings only on track 'hh': run it with "
             "track='hh' (RewardConfig.track, or --set track=hh) before this stage.") from err
-
-
-def with_lora(model, cfg, task_type: str, adapter=None):
-    """`model` under peft LoRA adapters on every linear layer (rank `cfg.lora_r`); a sequence
-    classifier's scalar head (`score`) trains in full, as it starts from scratch or from the RM.
-    `adapter`, a folder a peft model was saved to, resumes those adapters instead of new ones.
-    The frozen base keeps its dtype; the adapters and the head are fp32 master weights."""
-    from peft import LoraConfig, PeftModel, get_peft_model
-
-    extra = {"modules_to_save": ["score"]} if task_type == "SEQ_CLS" else {}
-    if adapter is not None:
-        wrapped = PeftModel.from_pretrained(model, adapter, is_trainable=True)
-    else:
-        wrapped = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
-                                                   target_modules="all-linear", task_type=task_type, **extra))
-    for p in wrapped.parameters():
-        if p.requires_grad and p.dtype != torch.float32:
-            p.data = p.data.float()
-    return wrapped
 
 
 def _group(flat: Sequence[float], records: Sequence[dict]) -> list[list[float]]:

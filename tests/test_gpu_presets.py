@@ -13,8 +13,7 @@ from _runs import TINY_PPO, copy_run, ppo_history, tiny_run
 from rlhf_course import hardware, ppo, pretrain
 from rlhf_course.config import BaseConfig, PPOConfig, RewardConfig, SFTConfig
 from rlhf_course.hardware import plan_training, use_lora
-from rlhf_course.models import load_checkpoint, trainable, trusts_remote_code
-from rlhf_course.reward import with_lora
+from rlhf_course.models import load_checkpoint, trainable, trusts_remote_code, with_lora
 
 # --------------------------------------------------------------------------------------------
 # Presets and the training plan
