@@ -440,7 +440,9 @@ def train_ppo(cfg: PPOConfig, run_dir, live_plot: Callable[[int, dict], object] 
 
     with StageTimer() as timer:
         ckpt = out / CHECKPOINT
-        recover_checkpoint(out)
+        if main:  # one process repairs a cut-off save; the others wait, then all read the same
+            recover_checkpoint(out)
+        accelerator.wait_for_everyone()
         resume = (ckpt / "state.pt").exists()
         # A LoRA checkpoint holds adapters only: they go back onto the model they started from.
         adapters = resume and (ckpt / "policy" / "adapter_config.json").exists()
