@@ -358,11 +358,12 @@ def collect_comparisons(cfg, run_dir, progress: bool = True) -> dict[str, Any]:
 
     from rlhf_course.evaluate import heldout_tasks
     from rlhf_course.models import load_checkpoint
-    from rlhf_course.runs import StageTimer, require, stage_dir
+    from rlhf_course.runs import StageTimer, require, seed_everything, stage_dir
     from rlhf_course.world import Annotators, World
 
     out = stage_dir(run_dir, "comparisons")
     sft_path = require(run_dir, "sft", "model", profile=cfg.profile)
+    seed_everything(cfg.seed, "comparisons")
     with StageTimer() as timer:
         hh_sets = None
         if cfg.track == "hh":  # first: a dataset that cannot load should stop us before sampling

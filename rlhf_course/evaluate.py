@@ -390,11 +390,12 @@ def evaluate_run(cfg, run_dir, progress: bool = True, live_plot=None, ppo_cfg=No
     a weak-KL PPO run). `live_plot` follows the weak-KL run; `ppo_cfg` replaces its preset."""
     from rlhf_course.models import load_checkpoint
     from rlhf_course.reward import load_reward_model
-    from rlhf_course.runs import StageTimer, read_report, require
+    from rlhf_course.runs import StageTimer, read_report, require, seed_everything
     from rlhf_course.world import World, phrasing_families
 
     require(run_dir, "sft", "model", profile=cfg.profile)
     require(run_dir, "rm", "model", profile=cfg.profile)
+    seed_everything(cfg.seed, "eval")
     stages = run_policies(run_dir)
     world = World(cfg.seed)
     with StageTimer() as timer:

@@ -37,7 +37,7 @@ from rlhf_course.comparisons import (
 )
 from rlhf_course.config import IterateConfig, PPOConfig, RewardConfig
 from rlhf_course.data import write_jsonl
-from rlhf_course.runs import StageTimer, require, stage_dir, write_text_atomic
+from rlhf_course.runs import StageTimer, require, seed_everything, stage_dir, write_text_atomic
 from rlhf_course.world import Annotators, Task, World, gold_score
 
 ROUND = "round.json"
@@ -92,6 +92,8 @@ def run_round(cfg: IterateConfig, run_dir, n: int, policy_path: Path, rm_dir: Pa
     rcfg, pcfg = configs or stage_configs(cfg)
     out = round_dir(run_dir, n)
     out.mkdir(parents=True, exist_ok=True)
+    # Seeded per round, so a re-run that skips finished rounds gives what one run would have.
+    seed_everything(cfg.seed, f"iterate.round_{n}")
     world = World(cfg.seed)
     round_seed = cfg.seed + 1000 * n  # every round its own contexts, samples and noise
     annotators = Annotators(rcfg.annotator_sharpness, rcfg.annotator_length_bias, seed=round_seed)

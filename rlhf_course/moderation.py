@@ -515,9 +515,10 @@ def train_moderation_stage(cfg, run_dir, progress: bool = True) -> dict[str, Any
     """Stage `moderation`: train the filter on the world's training phrasings, save it to
     RUN_DIR/moderation/, and report precision and recall on held-out phrasings (the report's
     `moderation.*`: overall, then `user` and `assistant`)."""
-    from rlhf_course.runs import StageTimer, stage_dir
+    from rlhf_course.runs import StageTimer, seed_everything, stage_dir
 
     out = stage_dir(run_dir, "moderation")
+    seed_everything(cfg.seed, "moderation")
     with StageTimer() as timer:
         world = World(cfg.seed)
         moderator = train_moderator(world, cfg=cfg)

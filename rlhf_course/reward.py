@@ -50,7 +50,14 @@ from rlhf_course.generation import right_pad
 from rlhf_course.hardware import use_lora
 from rlhf_course.models import trainable, with_lora
 from rlhf_course.pretrain import resolve_precision
-from rlhf_course.runs import StageTimer, raise_corrupt, require, stage_dir, write_text_atomic
+from rlhf_course.runs import (
+    StageTimer,
+    raise_corrupt,
+    require,
+    seed_everything,
+    stage_dir,
+    write_text_atomic,
+)
 from rlhf_course.world import Task, gold_score
 
 HELDOUT_SCORES = "heldout_scores.jsonl"
@@ -297,6 +304,7 @@ def train_reward_model(cfg: RewardConfig, run_dir, live_plot: Callable[[int, flo
     `train_rankings`, `train_pairs` and the normalisation stay on the toy-world rankings."""
     out = stage_dir(run_dir, "rm")
     sft_path = require(run_dir, "sft", "model", profile=cfg.profile)
+    seed_everything(cfg.seed, "rm")  # the new scalar head is drawn from torch's generator
     with StageTimer() as timer:
         train = _load(run_dir, COMPARISONS, cfg.profile) + _load(run_dir, HUMAN_COMPARISONS, cfg.profile, required=False)
         heldout = _load(run_dir, HELDOUT_COMPARISONS, cfg.profile)

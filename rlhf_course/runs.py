@@ -198,6 +198,28 @@ def peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
+def seed_everything(seed: int, stage: str) -> int:
+    """Seed Python's, NumPy's and torch's global generators at the start of `stage`; return the
+    seed used, a stable hash of (`seed`, `stage`).
+
+    torch gives every fresh process a random default seed, so anything drawn from the global
+    generator (a new scalar head, dropout) differed between a notebook's kernel, the CLI (where
+    earlier stages had already drawn from it) and a test. Each stage calls this first, so the
+    same seed gives the same numbers whichever way, and in whatever process, the stage is run.
+    """
+    import random
+    import zlib
+
+    import numpy as np
+    import torch
+
+    derived = zlib.crc32(f"{stage}:{seed}".encode())
+    random.seed(derived)
+    np.random.seed(derived)
+    torch.manual_seed(derived)  # every device's generator too
+    return derived
+
+
 class StageTimer:
     """Wall-clock seconds of a `with` block: `with StageTimer() as t: ...; t.seconds`.
 

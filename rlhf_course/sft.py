@@ -41,7 +41,7 @@ from rlhf_course.evaluate import (
 from rlhf_course.hardware import use_lora
 from rlhf_course.models import load_checkpoint, save_base, trainable
 from rlhf_course.pretrain import resolve_precision
-from rlhf_course.runs import StageTimer, raise_corrupt, require, stage_dir
+from rlhf_course.runs import StageTimer, raise_corrupt, require, seed_everything, stage_dir
 from rlhf_course.world import World, gold_score
 
 HUMAN_DEMOS = "human.jsonl"
@@ -182,6 +182,7 @@ def train_sft(cfg: SFTConfig, run_dir, live_plot=None, progress: bool = True) ->
                          "least 200 held-out prompts; raise it")
     out = stage_dir(run_dir, "sft")
     base_path = require(run_dir, "base", "model", profile=cfg.profile)
+    seed_everything(cfg.seed, "sft")
     with StageTimer() as timer:
         dataset = load_sft_data(run_dir, cfg.profile)
         # RUN_DIR/base/model on every profile: on a GPU it is the hub model stage `base` loaded
