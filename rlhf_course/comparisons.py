@@ -379,7 +379,7 @@ def collect_comparisons(cfg, run_dir, progress: bool = True) -> dict[str, Any]:
                                       cfg.k, seed=cfg.seed, id_prefix="c", **common)
         records = rank_with_annotators(items, annotators)
         write_jsonl(out / COMPARISONS, records)
-        held = [(t, t.prompt, "policy", len(t.messages)) for t in heldout_tasks(world, cfg)]
+        held = [(t, t.prompt, "policy", len(t.messages)) for t in heldout_tasks(world, cfg, run_dir)]
         held_items, held_dropped = sample_items(policy, tokenizer, held, cfg.k, seed=cfg.seed + 1,
                                                 id_prefix="h", **common)
         held_records = rank_with_annotators(held_items, annotators, first_item=10**6)

@@ -346,6 +346,16 @@ class PPOConfig(_Preset):
     hh_prompt_fraction: float = 0.5
     """Track 'hh': share of each batch's rollout prompts taken from `hh_prompts`, in [0, 1)."""
 
+    reward: str = "rm"
+    """What scores a rollout: 'rm', the learned reward model (the course's PPO). The reference
+    runs of the ladder (`ladder`) train on truths no real project has: 'gold', the gold judge
+    itself, and 'annotators', the simulated annotators' exact expected utility (length taste
+    included). Each is normalised on the SFT replies of the training rankings, as the RM is."""
+    ladder: bool = True
+    """Stage `ppo` also runs the same PPO with reward 'gold' and 'annotators' (RUN_DIR/ppo/ladder/)
+    and reports their held-out gold as `oracle_gold` and `annotator_oracle_gold`: the gaps between
+    the rungs are the cost of the people's biases and the cost of the reward model's errors."""
+
     # --- rollouts ---
     steps: int = 30
     """PPO steps; each samples `batch_size` replies (per process) and updates on them. 30 x 32
@@ -433,6 +443,12 @@ class PPOConfig(_Preset):
 
     def __post_init__(self) -> None:
         _check_track(self, fractions=("hh_prompt_fraction",), names=("hh_prompts",))
+        if self.reward not in ("rm", "gold", "annotators"):
+            raise ValueError(f"PPOConfig.reward = {self.reward!r}: use 'rm' (the reward model), 'gold' "
+                             "or 'annotators' (the ladder's reference runs)")
+        if self.reward != "rm" and self.track != "toy":
+            raise ValueError(f"PPOConfig.reward = {self.reward!r} needs the gold judge, which scores "
+                             f"toy-world prompts only; use track 'toy' (now {self.track!r})")
 
 
 @dataclass(frozen=True)

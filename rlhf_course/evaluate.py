@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from rlhf_course.generation import generate_replies
-from rlhf_course.world import FAMILIES, Score, Task, gold_score
+from rlhf_course.world import FAMILIES, Score, Task, gold_score, prompt_key
 
 
 @dataclass
@@ -72,10 +72,55 @@ def gold_eval(model, tokenizer, tasks: list[Task], *, max_new_tokens: int, tempe
     return GoldEval(tasks, replies, [gold_score(t, r) for t, r in zip(tasks, replies, strict=True)])
 
 
-def heldout_tasks(world, cfg) -> list[Task]:
-    """The held-out prompts every stage reports on: `cfg.eval_prompts` of them, seeded by
-    `cfg.seed`. One definition, so that win rates compare replies to the same prompts."""
+def heldout_tasks(world, cfg, run_dir=None) -> list[Task]:
+    """The main held-out set every stage reports on: `cfg.eval_prompts` prompts of the training
+    distribution that no stage trained on (unseen combinations of seen parts, as InstructGPT
+    evaluated on prompts of held-out users), every family alike, seeded by `cfg.seed`. One
+    definition, so that win rates compare replies to the same prompts.
+
+    The world reserves these prompts, so no training draw yields them; with `run_dir`, any
+    prompt a file of that run trained on (`trained_prompts`: a demonstration typed by hand, say)
+    is left out as well and replaced by a fresh one (`excluded_count` says how many)."""
+    exclude = trained_prompts(run_dir) if run_dir is not None else set()
+    return world.tasks("main", cfg.eval_prompts, seed=cfg.seed, exclude=exclude)
+
+
+def probe_tasks(world, cfg) -> list[Task]:
+    """The generalisation probe reported beside the main figures (`*.gold_ood`): phrasings and
+    entity/family pairs no training prompt uses. A 2M-parameter model carries little of its
+    behaviour there; a 135M one on a T4 carries more."""
     return world.tasks("heldout", cfg.eval_prompts, seed=cfg.seed)
+
+
+def trained_prompts(run_dir) -> set[str]:
+    """`prompt_key` of every prompt the run's files hold as training data: each conversation
+    prefix of the SFT set that an assistant turn answers, and every ranked context (simulated,
+    human and each iteration's). PPO's prompts and the pretraining corpus are training draws of
+    the world, which never yields a reserved prompt (tested)."""
+    run_dir = Path(run_dir)
+    keys: set[str] = set()
+    files = [run_dir / "demos" / "sft_data.jsonl", *sorted(run_dir.glob("comparisons/*.jsonl")),
+             *sorted(run_dir.glob("iterate/round_*/comparisons.jsonl"))]
+    for path in files:
+        if not path.exists():
+            continue
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            if "context" in record:
+                keys.add(prompt_key(record["context"]))
+            for i, m in enumerate(record.get("messages", ())):
+                if m["role"] == "assistant" and i:
+                    keys.add(prompt_key(record["messages"][:i]))
+    return keys
+
+
+def excluded_count(world, cfg, run_dir) -> int:
+    """How many prompts of the main held-out set's first draw the run's training files hold
+    (`eval_excluded` in the report): 0 unless a person typed one in by hand."""
+    return len({prompt_key(t.messages) for t in world.tasks("main", cfg.eval_prompts, seed=cfg.seed)}
+               & trained_prompts(run_dir))
 
 
 def evaluate_policy(model, tokenizer, tasks: list[Task], cfg, progress: bool = True) -> GoldEval:
@@ -157,11 +202,13 @@ BEHAVIOUR_FAMILIES = ("harmful", "benign", "false_premise", "clarify")
 false premise, asking which one is meant."""
 
 
-def behaviour_tasks(world, n_per_family: int, seed: int) -> list[Task]:
-    """Held-out tasks for `behaviour_rates`: `n_per_family` of each of BEHAVIOUR_FAMILIES,
-    interleaved, seeded by `seed`. Deterministic."""
-    return world.tasks("heldout", n_per_family * len(BEHAVIOUR_FAMILIES), seed=seed,
-                       families=BEHAVIOUR_FAMILIES)
+def behaviour_tasks(world, n_per_family: int, seed: int, run_dir=None) -> list[Task]:
+    """Tasks of the main held-out set for `behaviour_rates`: `n_per_family` of each of
+    BEHAVIOUR_FAMILIES, interleaved, seeded by `seed`, none that the run in `run_dir` trained
+    on. Deterministic."""
+    return world.tasks("main", n_per_family * len(BEHAVIOUR_FAMILIES), seed=seed,
+                       families=BEHAVIOUR_FAMILIES,
+                       exclude=trained_prompts(run_dir) if run_dir is not None else ())
 
 
 def behaviour_rates(tasks: list[Task], replies: list[str]) -> dict[str, float | int | None]:
@@ -399,8 +446,8 @@ def evaluate_run(cfg, run_dir, progress: bool = True, live_plot=None, ppo_cfg=No
     stages = run_policies(run_dir)
     world = World(cfg.seed)
     with StageTimer() as timer:
-        tasks = heldout_tasks(world, cfg)
-        behaviour = behaviour_tasks(world, cfg.behaviour_prompts, seed=cfg.seed + 31)
+        tasks = heldout_tasks(world, cfg, run_dir)
+        behaviour = behaviour_tasks(world, cfg.behaviour_prompts, seed=cfg.seed + 31, run_dir=run_dir)
         phrasings = [g for f in phrasing_families(world, "heldout")
                      for g in world.rephrasings(f, "heldout", cfg.phrasing_questions, seed=cfg.seed)]
         showcase = world.showcase()

@@ -83,7 +83,7 @@ def run_round(cfg: IterateConfig, run_dir, n: int, policy_path: Path, rm_dir: Pa
     replaces `stage_configs(cfg)` (tests use tiny ones)."""
     from transformers import AutoModelForSequenceClassification
 
-    from rlhf_course.evaluate import heldout_tasks, win_rate
+    from rlhf_course.evaluate import heldout_tasks, trained_prompts, win_rate
     from rlhf_course.hardware import use_lora
     from rlhf_course.models import load_checkpoint, trainable, with_lora
     from rlhf_course.ppo import PPOPaths, train_ppo
@@ -109,7 +109,7 @@ def run_round(cfg: IterateConfig, run_dir, n: int, policy_path: Path, rm_dir: Pa
         new = rank_with_annotators(items, annotators)
         write_jsonl(out / COMPARISONS, new)
         fresh = [(t, t.prompt, "policy", len(t.messages))
-                 for t in world.tasks("heldout", cfg.heldout_prompts, seed=round_seed + 1)]
+                 for t in world.tasks("main", cfg.heldout_prompts, seed=round_seed + 1, exclude=trained_prompts(run_dir))]
         held_items, _ = sample_items(policy, tokenizer, fresh, rcfg.k, seed=round_seed + 1,
                                      id_prefix=f"r{n}h", **common)
         held = rank_with_annotators(held_items, annotators, first_item=10**6)
@@ -147,7 +147,7 @@ def run_round(cfg: IterateConfig, run_dir, n: int, policy_path: Path, rm_dir: Pa
         result = train_ppo(pcfg, run_dir, progress=progress,
                            paths=PPOPaths(Path(policy_path), out / "rm", out / "ppo", round_seed + 7919))
 
-    tasks = heldout_tasks(world, pcfg)
+    tasks = heldout_tasks(world, pcfg, run_dir)
     previous = _samples(previous_samples, tasks)
     now = _samples(out / "ppo", tasks)
     win_prev = win_rate([gold_score(t, r).total for t, r in zip(tasks, now, strict=True)],

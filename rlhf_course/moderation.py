@@ -78,10 +78,13 @@ from rlhf_course.data import append_jsonl, load_checked
 from rlhf_course.world import (
     ACT_WRAPPERS,
     BENIGN_WRAPPERS,
+    CLOSERS,
     HARMFUL_INTENTS,
     HARMFUL_WRAPPERS,
+    OPENERS,
     Task,
     World,
+    bare_request,
 )
 
 LABELS = ("allow", "warn", "block")
@@ -267,9 +270,10 @@ def task_examples(task: Task) -> list[Example]:
 
 
 def _unwrap(text: str, template: str) -> str:
-    """The `{x}` (or capitalised `{X}`) part of `text` written with `template`."""
+    """The `{x}` (or capitalised `{X}`) part of `text` written with `template` (and the world's
+    opener and closer around it)."""
     pattern = re.escape(template).replace(re.escape("{x}"), "(.+)").replace(re.escape("{X}"), "(.+)")
-    match = re.fullmatch(pattern, text)
+    match = re.fullmatch(pattern, bare_request(text))
     if match is None:
         raise ValueError(f"{text!r} was not written with {template!r}")
     x = match.group(1)
@@ -299,6 +303,12 @@ def _dropped(content: str, k: int) -> list[str]:
             for gone in itertools.combinations(range(len(words)), k) if k < len(words)]
 
 
+def _around(request: str, i: int) -> str:
+    """`request` with the i-th opener and closer the world writes around requests (cycling), so
+    the filter learns that greetings and thanks say nothing about harm."""
+    return f"{OPENERS[i % len(OPENERS)]} {request} {CLOSERS[(i // len(OPENERS)) % len(CLOSERS)]}".strip()
+
+
 def training_examples(world: World, seed: int, n_tasks: int, drop_words: int = 2) -> list[Example]:
     """The moderator's training set: the texts of `n_tasks` training tasks, plus the augmented
     requests the module docstring describes, all from the training split. A text seen under
@@ -309,11 +319,12 @@ def training_examples(world: World, seed: int, n_tasks: int, drop_words: int = 2
     wrappers = sorted({w for w, _, e in requests if e.topic is not None})
     contents = {c: e for _, c, e in requests}  # act contents keep topic None, harmful False
     for content, e in sorted(contents.items()):
-        examples += [Example(w.format(x=content), "user", e.harmful, e.topic) for w in wrappers]
+        examples += [Example(_around(w.format(x=content), i + shift), "user", e.harmful, e.topic)
+                     for i, w in enumerate(wrappers) for shift in (0, 7, 61, 113, 150)]
         if e.topic is None:
             continue
         variants = [v for k in range(1, drop_words + 1) for v in _dropped(content, k)]
-        examples += [Example(wrappers[i % len(wrappers)].format(x=v), "user", e.harmful, e.topic)
+        examples += [Example(_around(wrappers[i % len(wrappers)].format(x=v), i), "user", e.harmful, e.topic)
                      for i, v in enumerate(dict.fromkeys(variants))]
     topics: dict[tuple[str, str], set] = {}
     for e in examples:

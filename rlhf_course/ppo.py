@@ -28,6 +28,7 @@ Shapes: B replies in a batch, R reply tokens (right-padded after the end token),
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -42,11 +43,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from rlhf_course.config import PPOConfig
-from rlhf_course.evaluate import heldout_tasks
+from rlhf_course.evaluate import heldout_tasks, probe_tasks
 from rlhf_course.generation import left_pad, right_pad, sample_ids, trim_reply
 from rlhf_course.models import save_base
 from rlhf_course.runs import StageStopped, StageTimer, require, stage_dir
-from rlhf_course.world import Task, World, gold_score
+from rlhf_course.world import Annotators, Task, World, gold_score
 
 HISTORY = "history.jsonl"
 """One JSON line of training metrics per PPO step, in RUN_DIR/ppo/."""
@@ -374,6 +375,59 @@ def _check_config(cfg: PPOConfig) -> None:
         raise ValueError(f"PPOConfig.max_kl={cfg.max_kl}: the KL ceiling must be positive")
 
 
+class OracleReward:
+    """A reference reward for the ladder's runs: the gold judge ('gold') or the simulated
+    annotators' noise-free utility, sharpness * gold + length_bias * words ('annotators').
+    Normalised like the reward model, on the SFT replies of the run's training rankings, so a KL
+    coefficient means the same against every rung."""
+
+    def __init__(self, kind: str, annotators: Annotators, offset: float = 0.0, scale: float = 1.0):
+        if kind not in ("gold", "annotators"):
+            raise ValueError(f"OracleReward: kind {kind!r} is not 'gold' or 'annotators'")
+        self.kind, self.annotators, self.offset, self.scale = kind, annotators, offset, scale
+
+    def raw(self, tasks: Sequence[Task], texts: Sequence[str]) -> list[float]:
+        """Unnormalised rewards of `texts`, the replies to `tasks`."""
+        if self.kind == "gold":
+            return [gold_score(t, r).total for t, r in zip(tasks, texts, strict=True)]
+        return [self.annotators.utilities(t, [r])[0] for t, r in zip(tasks, texts, strict=True)]
+
+    def score(self, tasks: Sequence[Task], texts: Sequence[str]) -> list[float]:
+        """Normalised rewards of `texts`, the replies to `tasks`."""
+        return [(x - self.offset) / self.scale for x in self.raw(tasks, texts)]
+
+    @classmethod
+    def from_run(cls, kind: str, run_dir, cfg: PPOConfig) -> OracleReward:
+        """The `kind` reward with the annotators of `RewardConfig`'s preset (those stage
+        `comparisons` ranked with) and offset and scale from RUN_DIR/comparisons/."""
+        from rlhf_course.comparisons import COMPARISONS, load_comparisons
+        from rlhf_course.config import RewardConfig
+
+        rcfg = RewardConfig.preset(cfg.profile, seed=cfg.seed)
+        oracle = cls(kind, Annotators(rcfg.annotator_sharpness, rcfg.annotator_length_bias, seed=cfg.seed))
+        records = load_comparisons(require(run_dir, "comparisons", COMPARISONS, profile=cfg.profile))
+        raw = [x for r in records if r.get("task")
+               for x in oracle.raw([Task.from_record(r["task"])] * len(r["replies"]), r["replies"])]
+        oracle.offset, oracle.scale = statistics.fmean(raw), statistics.pstdev(raw) or 1.0
+        return oracle
+
+
+def reward_ladder(cfg: PPOConfig, run_dir, progress: bool = True) -> dict:
+    """The same PPO (prompts, steps, settings) against the gold judge and against the annotators'
+    exact utility, from the SFT policy into RUN_DIR/ppo/ladder/<reward>/; their held-out figures
+    as the report's `oracle_*` and `annotator_oracle_*`. Reference runs: they train on truths no
+    real project has, to show what the RL budget could reach and what each imperfection costs."""
+    out = {}
+    stage = PPOPaths.stage(run_dir, cfg)
+    for reward, prefix in (("gold", "oracle"), ("annotators", "annotator_oracle")):
+        paths = dataclasses.replace(stage, out=stage.out / "ladder" / reward)
+        res = train_ppo(dataclasses.replace(cfg, reward=reward, ladder=False), run_dir, progress=progress,
+                        paths=paths)
+        out |= {f"{prefix}_{k}": res[k] for k in ("gold", "win_rate_vs_sft", "kl_to_sft", "gold_by_family",
+                                                 "reply_words", "gold_ood")}
+    return out
+
+
 def _training_tasks(cfg: PPOConfig, processes: int, prompt_seed: int) -> list[Task]:
     # Training prompts, disjoint in seed from the comparisons' (seed) and evaluation's (held-out).
     if cfg.track == "hh":  # every batch also holds HH-RLHF prompts (hh.PromptTask, no gold)
@@ -428,6 +482,7 @@ def train_ppo(cfg: PPOConfig, run_dir, live_plot: Callable[[int, dict], object] 
     from rlhf_course.reward import load_reward_model_from
 
     _check_config(cfg)
+    own_stage = paths is None  # stage `ppo` itself, not a run of iterate, eval or the ladder
     paths = paths or PPOPaths.stage(run_dir, cfg)
     out = Path(paths.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -458,6 +513,7 @@ def train_ppo(cfg: PPOConfig, run_dir, live_plot: Callable[[int, dict], object] 
             else trainable(model, False)
         _, ref_model = load_checkpoint(sft_path, cfg.profile, str(device))
         reward_model = load_reward_model_from(paths.reward, cfg.profile, str(device))
+        oracle = OracleReward.from_run(cfg.reward, run_dir, cfg) if cfg.reward != "rm" else None
         value_path = ckpt / "value" if resume and not lora else Path(paths.reward) / "model"
         value_rm = AutoModelForSequenceClassification.from_pretrained(value_path, dtype=half).to(device)
         value_rm = with_lora(value_rm, cfg, "SEQ_CLS", ckpt / "value" if adapters else None) if lora \
@@ -482,7 +538,7 @@ def train_ppo(cfg: PPOConfig, run_dir, live_plot: Callable[[int, dict], object] 
         kl_ctl = KLController(state.kl_coef, cfg.target_kl, cfg.kl_horizon)
         tasks = _training_tasks(cfg, processes, paths.prompt_seed)
         ptx = _ptx_batches(run_dir, tokenizer, cfg) if cfg.ptx_coef > 0 else None
-        curve_tasks = heldout_tasks(World(cfg.seed), cfg)[:curve_prompts] if curve_every > 0 else []
+        curve_tasks = heldout_tasks(World(cfg.seed), cfg, run_dir)[:curve_prompts] if curve_every > 0 else []
 
         def measure_curve(step: int) -> None:
             # One process measures; the others wait (the points are for a plot, not training).
@@ -512,10 +568,10 @@ def train_ppo(cfg: PPOConfig, run_dir, live_plot: Callable[[int, dict], object] 
             ended = torch.tensor(ro.ended, device=device)
 
             # 2. score: the reward model's normalised score, minus the penalty for never ending;
-            #    the gold labeler's verdict is computed only to watch (never trained on), and only
-            #    on toy-world tasks: track 'hh' prompts have no gold.
-            proxy = torch.tensor(reward_model.score([t.prompt for t in batch_tasks], ro.texts,
-                                                    batch_size=cfg.batch_size), device=device)
+            #    the gold labeler's verdict is computed only to watch (never trained on, but in the
+            #    ladder's reference runs), and only on toy-world tasks: track 'hh' prompts have none.
+            proxy = torch.tensor(oracle.score(batch_tasks, ro.texts) if oracle else reward_model.score(
+                [t.prompt for t in batch_tasks], ro.texts, batch_size=cfg.batch_size), device=device)
             scores = missing_eos_penalty(proxy, ended, cfg.missing_eos_penalty)
             gold = torch.tensor([gold_score(t, r).total for t, r in zip(batch_tasks, ro.texts, strict=True)
                                  if isinstance(t, Task)], device=device)
@@ -632,7 +688,13 @@ def train_ppo(cfg: PPOConfig, run_dir, live_plot: Callable[[int, dict], object] 
                 result["hh_prompts_per_batch"] = sum(not isinstance(t, Task) for t in tasks[: cfg.batch_size])
         accelerator.wait_for_everyone()
     if main:
+        result["reward"] = cfg.reward
         result["seconds"] = round(timer.seconds, 1)
+        if cfg.ladder and cfg.reward == "rm" and own_stage and processes == 1:
+            with StageTimer() as ladder_timer:
+                result |= reward_ladder(cfg, run_dir, progress)
+            result["ladder_seconds"] = round(ladder_timer.seconds, 1)
+            result["seconds"] = round(timer.seconds + ladder_timer.seconds, 1)
     return result
 
 
@@ -741,7 +803,8 @@ def evaluate_ppo(policy_model, ref_model, tokenizer, reward_model, run_dir, cfg:
     per prompt at the evaluation temperature, ties half), with a per-family table of both."""
     from rlhf_course.evaluate import GoldEval, saved_replies, win_rate
 
-    tasks = heldout_tasks(World(cfg.seed), cfg)
+    world = World(cfg.seed)
+    tasks = heldout_tasks(world, cfg, run_dir)
     ro = rollout(policy_model, tokenizer, tasks, cfg.max_new_tokens, cfg.temperature, cfg.eval_batch_size, cfg.seed)
     kl = reply_kl(PolicyLogprobs(policy_model, cfg.temperature, cfg.logprob_chunk),
                   PolicyLogprobs(ref_model, cfg.temperature, cfg.logprob_chunk), ro, tokenizer.pad_token_id,
@@ -758,8 +821,15 @@ def evaluate_ppo(policy_model, ref_model, tokenizer, reward_model, run_dir, cfg:
     proxy = reward_model.score(contexts, ro.texts, cfg.eval_batch_size, progress)
     sft_proxy = reward_model.score(contexts, sft_texts, cfg.eval_batch_size, progress)
     words = lambda texts: round(statistics.fmean(len(t.split()) for t in texts), 2)  # noqa: E731
+    # The generalisation probe, beside the main figures: unseen phrasings and entity pairs.
+    probe = probe_tasks(world, cfg)
+    ood = {name: statistics.fmean(gold_score(t, r).total for t, r in zip(probe, rollout(
+        model, tokenizer, probe, cfg.max_new_tokens, cfg.temperature, cfg.eval_batch_size, cfg.seed).texts, strict=True))
+        for name, model in (("ppo", policy_model), ("sft", ref_model))}
     return {
         "gold": round(ppo_eval.mean, 4),
+        "gold_ood": round(ood["ppo"], 4),
+        "sft_gold_ood": round(ood["sft"], 4),
         "proxy_reward": round(statistics.fmean(proxy), 4),
         "kl_to_sft": round(statistics.fmean(kl), 4),
         "win_rate_vs_sft": round(win_rate(ppo_eval, sft_eval), 4),

@@ -18,7 +18,13 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from rlhf_course.config import BaseConfig
-from rlhf_course.evaluate import GoldEval, best_possible, evaluate_policy, heldout_tasks
+from rlhf_course.evaluate import (
+    GoldEval,
+    best_possible,
+    evaluate_policy,
+    heldout_tasks,
+    probe_tasks,
+)
 from rlhf_course.models import build_model, count_params, load_base, save_base, train_tokenizer
 from rlhf_course.runs import StageTimer, peak_rss_mb, stage_dir
 from rlhf_course.world import World
@@ -214,9 +220,12 @@ def build_base(cfg: BaseConfig, world: World, live_plot=None, progress: bool = T
     return tokenizer, model, result
 
 
-def evaluate_base(model, tokenizer, world: World, cfg: BaseConfig, progress: bool = True) -> GoldEval:
-    """Gold on `cfg.eval_prompts` held-out tasks (all ten families), one sampled reply each."""
-    return evaluate_policy(model, tokenizer, heldout_tasks(world, cfg), cfg, progress)
+def evaluate_base(model, tokenizer, world: World, cfg: BaseConfig, progress: bool = True,
+                  probe: bool = False) -> GoldEval:
+    """Gold on `cfg.eval_prompts` tasks of the main held-out set (all ten families), one sampled
+    reply each; with `probe`, on the generalisation probe instead."""
+    tasks = probe_tasks(world, cfg) if probe else heldout_tasks(world, cfg)
+    return evaluate_policy(model, tokenizer, tasks, cfg, progress)
 
 
 def run_base_stage(cfg: BaseConfig, run_dir, live_plot=None, progress: bool = True) -> dict:
@@ -233,14 +242,17 @@ def run_base_stage(cfg: BaseConfig, run_dir, live_plot=None, progress: bool = Tr
         save_base(out / "model", model, tokenizer)
         ev = evaluate_base(model, tokenizer, world, cfg, progress=progress)
         ev.save(out / "samples.jsonl")
-    return base_entry(ev, model, result, seconds=timer.seconds)
+        ood = evaluate_base(model, tokenizer, world, cfg, progress=progress, probe=True)
+    return base_entry(ev, model, result, seconds=timer.seconds, ood=ood)
 
 
 def base_entry(ev: GoldEval, model, result: PretrainResult | None = None,
-               seconds: float | None = None) -> dict:
-    """The report's `base` entry from a held-out evaluation (and the pretraining run, on cpu)."""
+               seconds: float | None = None, ood: GoldEval | None = None) -> dict:
+    """The report's `base` entry from a held-out evaluation (and the pretraining run, on cpu;
+    `gold_ood` from an evaluation on the generalisation probe, when given)."""
     entry = {
         "gold": round(ev.mean, 4),
+        "gold_ood": round(ood.mean, 4) if ood is not None else None,
         "gold_by_family": ev.by_family(),
         "gold_ideal": round(best_possible(ev.tasks), 4),
         "eval_prompts": len(ev.tasks),

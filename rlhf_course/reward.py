@@ -58,7 +58,7 @@ from rlhf_course.runs import (
     stage_dir,
     write_text_atomic,
 )
-from rlhf_course.world import Task, gold_score
+from rlhf_course.world import FAMILIES, Annotators, Task, gold_score
 
 HELDOUT_SCORES = "heldout_scores.jsonl"
 """Every held-out reply with its RM score, gold score and length (for notebook 05's plots)."""
@@ -329,7 +329,8 @@ def train_reward_model(cfg: RewardConfig, run_dir, live_plot: Callable[[int, flo
         rm = RewardModel(tokenizer, model, offset, scale, cfg.max_length)
         rows = score_heldout(rm, heldout, cfg, progress)
         write_jsonl(out / HELDOUT_SCORES, rows)
-        metrics = reward_metrics(rows, [r["ranking"] for r in heldout], cfg.gold_margin)
+        people = Annotators(cfg.annotator_sharpness, cfg.annotator_length_bias, seed=cfg.seed)
+        metrics = reward_metrics(rows, [r["ranking"] for r in heldout], cfg.gold_margin, people)
         if cfg.track == "hh":
             from rlhf_course.hh import preference_accuracy
 
@@ -344,6 +345,11 @@ def train_reward_model(cfg: RewardConfig, run_dir, live_plot: Callable[[int, flo
         "final_loss": round(statistics.fmean(losses[-20:]), 4) if losses else None,
         "train_accuracy_annotator": round(pairwise_accuracy(
             _group(raw, train), [r["ranking"] for r in train]), 4),
+        # Beside accuracy_gold: far above it is poor generalisation, as low as it is underfitting.
+        "train_accuracy_gold": _rounded(gold_accuracy(
+            [s for s, r in zip(_group(raw, train), train, strict=True) if r.get("task")],
+            [[gold_score(Task.from_record(r["task"]), x).total for x in r["replies"]] for r in train if r.get("task")],
+            cfg.gold_margin)[0], 4),
         "lora": lora,
         "training_plan": plan,
         "seconds": round(timer.seconds, 1),
@@ -449,15 +455,45 @@ def _rounded(x: float, digits: int) -> float | None:
     return None if math.isnan(x) else round(x, digits)
 
 
-def reward_metrics(rows: Sequence[dict], rankings: Sequence[Sequence[int]], gold_margin: float) -> dict:
-    """The report's `rm.*` figures from `score_heldout` rows: accuracy against gold on clear pairs
-    (gold differs by >= `gold_margin`) and on every pair gold does not call equal, against the
-    annotators' rankings, the annotators' own accuracy against gold on the clear pairs (for
-    comparison), and the length bias: normalised score per extra token at equal gold."""
+def _groups(rows: Sequence[dict]) -> list[list[dict]]:
     groups: dict[int, list[dict]] = {}
     for row in rows:
         groups.setdefault(row["group"], []).append(row)
-    ordered = [sorted(groups[g], key=lambda r: r["index"]) for g in sorted(groups)]
+    return [sorted(groups[g], key=lambda r: r["index"]) for g in sorted(groups)]
+
+
+def family_table(rows: Sequence[dict], gold_margin: float, annotators: Annotators | None = None) -> dict:
+    """Per task family, on the clear pairs of `score_heldout` rows: the reward model's accuracy
+    against gold, the annotators' own (their ranking), and, with `annotators`, the ceiling of a
+    reward model that had learned their exact utility (sharpness * gold + length_bias * words):
+    `{family: {"rm", "annotators", "utility", "pairs"}}`. Where the RM sits far under the
+    utility, it failed to learn what the annotators know."""
+    out = {}
+    for family in FAMILIES:
+        grps = [g for g in _groups(rows) if g[0]["family"] == family]
+        golds = [[r["gold"] for r in g] for g in grps]
+        acc, pairs = gold_accuracy([[r["score"] for r in g] for g in grps], golds, gold_margin)
+        if not pairs:
+            continue
+        entry = {"rm": _rounded(acc, 4),
+                 "annotators": _rounded(gold_accuracy([[-r["annotator_place"] for r in g] for g in grps],
+                                                      golds, gold_margin)[0], 4)}
+        if annotators is not None:
+            util = [[annotators.sharpness * r["gold"] + annotators.length_bias * len(r["reply"].split())
+                     for r in g] for g in grps]
+            entry["utility"] = _rounded(gold_accuracy(util, golds, gold_margin)[0], 4)
+        out[family] = {**entry, "pairs": pairs}
+    return out
+
+
+def reward_metrics(rows: Sequence[dict], rankings: Sequence[Sequence[int]], gold_margin: float,
+                   annotators: Annotators | None = None) -> dict:
+    """The report's `rm.*` figures from `score_heldout` rows: accuracy against gold on clear pairs
+    (gold differs by >= `gold_margin`) and on every pair gold does not call equal, against the
+    annotators' rankings, the annotators' own accuracy against gold on the clear pairs (for
+    comparison), the length bias (normalised score per extra token at equal gold) and the
+    per-family table of `family_table`."""
+    ordered = _groups(rows)
     scores = [[r["score"] for r in grp] for grp in ordered]
     golds = [[r["gold"] for r in grp] for grp in ordered]
     places = [[-r["annotator_place"] for r in grp] for grp in ordered]
@@ -473,4 +509,5 @@ def reward_metrics(rows: Sequence[dict], rankings: Sequence[Sequence[int]], gold
         "gold_pairs_clear": n_clear,
         "gold_pairs_all": n_all,
         "heldout_rankings": len(ordered),
+        "accuracy_gold_by_family": family_table(rows, gold_margin, annotators),
     }

@@ -34,7 +34,9 @@ from rlhf_course.data import (
 from rlhf_course.evaluate import (
     best_possible,
     evaluate_policy,
+    excluded_count,
     heldout_tasks,
+    probe_tasks,
     saved_replies,
     win_rate,
 )
@@ -212,14 +214,18 @@ def train_sft(cfg: SFTConfig, run_dir, live_plot=None, progress: bool = True) ->
         # say) must train afresh, not "resume" a run that already ended.
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
 
-        tasks = heldout_tasks(World(cfg.seed), cfg)
+        world = World(cfg.seed)
+        tasks = heldout_tasks(world, cfg, run_dir)
         sft_eval = evaluate_policy(model, tokenizer, tasks, cfg, progress)
         sft_eval.save(out / "samples.jsonl")
         base_eval = base_scores(run_dir, tasks, cfg, progress)
+        ood = evaluate_policy(model, tokenizer, probe_tasks(world, cfg), cfg, progress)
     return {
         "gold": round(sft_eval.mean, 4),
         "win_rate_vs_base": round(win_rate(sft_eval, base_eval), 4),
         "base_gold": round(statistics.fmean(base_eval), 4),
+        "gold_ood": round(ood.mean, 4),
+        "eval_excluded": excluded_count(world, cfg, run_dir),
         "gold_by_family": sft_eval.by_family(),
         "gold_ideal": round(best_possible(tasks), 4),
         "eval_prompts": len(tasks),

@@ -19,10 +19,12 @@ It simplifies the real setting on purpose:
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import math
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,7 +42,10 @@ FAMILIES = (
 )
 """The ten task families, one per behaviour in DESIGN.md's table."""
 
-SPLITS = ("train", "heldout")
+SPLITS = ("train", "heldout", "main")
+"""'train': what stages train on. 'main': the main held-out set, unseen combinations of the
+training parts (`World.tasks` reserves a share of them that no training draw ever yields).
+'heldout': the generalisation probe, phrasings and entity/family pairs no training task uses."""
 
 # --------------------------------------------------------------------------------------------
 # Fixed vocabularies. The seed chooses which names go together and every number; the words
@@ -251,6 +256,8 @@ ACTIONS = (
 ACT_WRAPPERS = (
     "Please {x}.", "Can you {x}?", "{X}, thanks.", "I need you to {x}.", "Could you {x} for me?",
     "Go ahead and {x}.", "Would you {x}?", "Right now, {x}.", "Do me a favor and {x}.",
+    "I'm busy, so please {x}.", "Can you {x} today?", "Time to {x}.", "Will you {x}?",
+    "Hurry and {x}.",
 )
 
 # Notes to restyle: recipient, the casual and formal wordings, and the content words to keep.
@@ -304,6 +311,9 @@ CLARIFY_ASKS = (
     "Tell me about {first}.", "When was {first} born?", "What did {first} do?",
     "Who was {first}?", "What was {first}'s job?", "Where was {first} from?",
     "I have a question about {first}. What was their work?", "What is {first} known for?",
+    "Can you tell me who {first} was?", "What do you know about {first}?",
+    "Give me a short bio of {first}.", "When did {first} die?", "Which town was {first} from?",
+    "Why is {first} remembered?",
 )
 SUMMARIZE_ASKS = (
     "Summarize our conversation so far.", "Can you sum up what we talked about?",
@@ -336,6 +346,22 @@ FACT_ASKS = {
                "Tell me {a} to the {e} modulo {m}.", "Find {a}^{e} mod {m}.",
                "What does {a}^{e} leave when divided by {m}?"),
 }
+# What people say around a request: an opener before its first turn, a closer after its last.
+# Both splits use all of them; with the question forms and entities they make tens of thousands
+# of training prompts per family, so a fresh draw is almost never one a stage trained on.
+OPENERS = (
+    "", "Hi!", "Hello.", "Hey there.", "Good morning.", "Good evening.", "Quick question.",
+    "I have a question.", "Sorry to bother you.", "Hope you are well.", "I was wondering.",
+    "Excuse me.", "Hi again.", "Okay.", "Hello again.", "Something I need to know.",
+)
+CLOSERS = (
+    "", "Thanks!", "Thank you.", "Thanks in advance.", "Much appreciated.", "Cheers.",
+    "I'm curious.", "My friend asked me.", "No rush.", "It's been on my mind.",
+    "Any help is welcome.", "Thanks a lot.", "I'd like to know.", "Please answer.",
+)
+EVAL_SHARE = 0.05
+"""Share of the training distribution's prompts reserved for the main held-out set: a training
+draw that lands on one is drawn again, so no stage ever trains on them."""
 PRIMES = (3, 5, 7, 11, 13)
 ALL_FULL_NAMES = [f"{f} {last}" for f in FIRST_NAMES for last in LAST_NAMES]
 HELDOUT_FRACTION = 0.35
@@ -526,8 +552,12 @@ class World:
     # --- tasks ---
 
     def tasks(self, split: str, n: int, seed: int = 0,
-              families: Sequence[str] | None = None) -> list[Task]:
-        """`n` tasks of `split`, cycling through `families` (all ten by default). Deterministic."""
+              families: Sequence[str] | None = None, exclude: Collection[str] = ()) -> list[Task]:
+        """`n` tasks of `split`, cycling through `families` (all ten by default). Deterministic.
+
+        Split 'main' gives distinct reserved prompts of the training distribution (`reserved`),
+        none of whose `prompt_key` is in `exclude` (prompts a run's files show were trained on).
+        """
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}: use one of {SPLITS}")
         families = list(families or FAMILIES)
@@ -535,10 +565,39 @@ class World:
             if f not in FAMILIES:
                 raise ValueError(f"unknown task family {f!r}: valid families are {', '.join(FAMILIES)}")
         rng = random.Random(f"tasks:{self.seed}:{split}:{seed}")
-        return [self.make_task(families[i % len(families)], split, rng) for i in range(n)]
+        if split != "main":
+            return [self.make_task(families[i % len(families)], split, rng) for i in range(n)]
+        seen = set(exclude)
+        out = []
+        for i in range(n):
+            family = families[i % len(families)]
+            for _ in range(100_000):
+                task = self._build(family, "train", rng)
+                key = prompt_key(task.messages)
+                if key not in seen and self.reserved(task.messages):
+                    seen.add(key)
+                    out.append(dataclasses.replace(task, split="main"))
+                    break
+            else:
+                raise ValueError(f"found no further reserved {family!r} prompt for the main held-out "
+                                 f"set after {len(out)} tasks; ask for fewer (n={n})")
+        return out
+
+    def reserved(self, messages: Sequence[dict[str, str]]) -> bool:
+        """Whether this prompt belongs to the main held-out set: a stable hash of the world's
+        seed and the prompt's text falls in the first `EVAL_SHARE` of its range."""
+        digest = hashlib.blake2b(f"{self.seed}\x1d{prompt_key(messages)}".encode(), digest_size=8)
+        return int.from_bytes(digest.digest(), "big") < EVAL_SHARE * 2**64
 
     def make_task(self, family: str, split: str, rng: random.Random) -> Task:
-        """One task of `family` from `split`, drawing every choice from `rng`."""
+        """One task of `family` from `split`, drawing every choice from `rng`. A training draw
+        never yields a prompt reserved for the main held-out set: it is drawn again."""
+        task = self._build(family, split, rng)
+        while split == "train" and self.reserved(task.messages):
+            task = self._build(family, split, rng)
+        return task
+
+    def _build(self, family: str, split: str, rng: random.Random) -> Task:
         return getattr(self, f"_task_{family}")(split, rng)
 
     def rephrasings(self, family: str, split: str, n_questions: int, seed: int = 0) -> list[list[Task]]:
@@ -570,7 +629,7 @@ class World:
         rng.setstate(state)
         self._template_override = override
         try:
-            return self.make_task(family, split, rng)
+            return self._build(family, split, rng)
         finally:
             self._template_override = None
 
@@ -598,6 +657,11 @@ class World:
         # Every family gets a filler variant: the ideal reply wrapped in stock phrases.
         flawed = {**flawed, "filler": _with_filler(ideal, rng)}
         facts = {**facts, "ideal_words": _words(ideal)}
+        # The person's own words around the request: an opener first, a closer last.
+        messages = [dict(m) for m in messages]
+        opener, closer = rng.choice(OPENERS), rng.choice(CLOSERS)
+        messages[0]["content"] = f"{opener} {messages[0]['content']}".strip()
+        messages[-1]["content"] = f"{messages[-1]['content']} {closer}".strip()
         return Task(family, tuple(messages), ideal, flawed, facts, split, template)
 
     def _task_fact(self, split: str, rng: random.Random) -> Task:
@@ -904,6 +968,25 @@ class World:
         return "\n".join(
             f"{'Q' if m['role'] == 'user' else 'A'} ({rng.choice(users)}): {m['content']}" for m in turns
         )
+
+
+def prompt_key(messages: Sequence[dict[str, str]]) -> str:
+    """One string per prompt (roles and contents), for checking held-out prompts against the
+    prompts a stage trained on."""
+    return "\x1e".join(f"{m['role']}\x1f{' '.join(m['content'].split())}" for m in messages)
+
+
+def bare_request(text: str) -> str:
+    """`text` without the opener and closer `World` wrote around it (the request itself)."""
+    for opener in sorted(filter(None, OPENERS), key=len, reverse=True):
+        if text.startswith(opener + " "):
+            text = text[len(opener) + 1:]
+            break
+    for closer in sorted(filter(None, CLOSERS), key=len, reverse=True):
+        if text.endswith(" " + closer):
+            text = text[: -len(closer) - 1]
+            break
+    return text
 
 
 PHRASING_FACTS = ("asked",)

@@ -3,7 +3,7 @@ the tests of the stages after `rm`: seconds to build, the same files a real run 
 
 from pathlib import Path
 
-TINY_PPO = {"steps": 4, "batch_size": 8, "minibatch_size": 4, "max_new_tokens": 8, "eval_prompts": 200,
+TINY_PPO = {"steps": 4, "ladder": False, "batch_size": 8, "minibatch_size": 4, "max_new_tokens": 8, "eval_prompts": 200,
             "eval_batch_size": 100, "save_every": 2, "lr": 1e-3}
 """PPOConfig fields for a PPO run of a few seconds on the tiny run."""
 TINY_RM = {"prompts": 16, "k": 3, "eval_prompts": 200, "max_new_tokens": 8, "batch_size": 4,
@@ -40,12 +40,12 @@ def copy_run(src: Path, dst: Path) -> Path:
     return dst
 
 
-def ppo_history(run: Path) -> list[dict]:
-    """RUN/ppo/history.jsonl's per-step metrics without the step's wall time (the one figure a
-    rerun may change)."""
+def ppo_history(run: Path, folder: str = "ppo") -> list[dict]:
+    """RUN/ppo/history.jsonl's (or RUN/<folder>/'s) per-step metrics without the step's wall
+    time (the one figure a rerun may change)."""
     import json
 
     from rlhf_course.ppo import HISTORY
 
-    rows = [json.loads(line) for line in (run / "ppo" / HISTORY).read_text().splitlines()]
+    rows = [json.loads(line) for line in (run / folder / HISTORY).read_text().splitlines()]
     return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]

@@ -116,7 +116,7 @@ def test_behaviour_tasks_are_n_of_each_family_and_seeded():
     tasks = behaviour_tasks(world, 3, seed=5)
     assert Counter(t.family for t in tasks) == {"harmful": 3, "benign": 3, "false_premise": 3,
                                                 "clarify": 3}
-    assert all(t.split == "heldout" for t in tasks)
+    assert all(t.split == "main" and world.reserved(t.messages) for t in tasks)
     assert tasks == behaviour_tasks(World(0), 3, seed=5) != behaviour_tasks(world, 3, seed=6)
     assert behaviour_rates(tasks, [t.ideal for t in tasks]) == {
         "refusal_rate": 1.0, "overrefusal_rate": 0.0, "false_premise_corrected": 1.0,

@@ -312,3 +312,47 @@ def test_two_processes_data_parallel_under_accelerate_launch(ppo_run, tmp_path):
     assert report["processes"] == 2
     assert report["replicas_in_sync"] is True  # gradients were averaged: both copies stayed equal
     assert [h["step"] for h in ppo_history(run)] == [1, 2]
+
+
+# --------------------------------------------------------------------------- the ladder of rewards
+
+
+def test_oracle_reward_is_gold_or_the_annotators_utility_normalised():
+    from rlhf_course.world import Annotators, World, gold_score
+
+    task = World(0).tasks("train", 1, seed=2, families=["fact"])[0]
+    replies = [task.ideal, task.flawed["wrong"], task.flawed["filler"]]
+    people = Annotators(8.0, 0.08)
+    gold = ppo.OracleReward("gold", people, offset=0.5, scale=2.0)
+    assert gold.score([task] * 3, replies) == pytest.approx([(gold_score(task, r).total - 0.5) / 2 for r in replies])
+    util = ppo.OracleReward("annotators", people)
+    assert util.score([task] * 3, replies) == pytest.approx(people.utilities(task, replies))
+    with pytest.raises(ValueError, match="'gold' or 'annotators'"):
+        ppo.OracleReward("rm", people)
+
+
+def test_config_refuses_an_unknown_reward_and_an_oracle_without_gold():
+    from rlhf_course.config import PPOConfig
+
+    with pytest.raises(ValueError, match="PPOConfig.reward"):
+        PPOConfig.preset("cpu", reward="people")
+    with pytest.raises(ValueError, match="track 'toy'"):
+        PPOConfig.preset("cpu", reward="gold", track="hh")
+
+
+@pytest.mark.slow
+def test_the_stage_runs_the_ladder_on_the_same_prompts_and_reports_each_rung(ppo_run, tmp_path):
+    from rlhf_course.config import PPOConfig
+
+    run = copy_run(ppo_run, tmp_path / "ladder")
+    result = ppo.train_ppo(PPOConfig.preset("cpu", **{**TINY, "ladder": True}), run, progress=False)
+    assert result["reward"] == "rm" and result["ladder_seconds"] > 0
+    for prefix in ("oracle", "annotator_oracle"):
+        assert 0.0 <= result[f"{prefix}_gold"] <= 1.0 and 0.0 <= result[f"{prefix}_win_rate_vs_sft"] <= 1.0
+    gold_run, util_run = (ppo_history(run, f"ppo/ladder/{r}") for r in ("gold", "annotators"))
+    assert len(gold_run) == len(util_run) == TINY["steps"]
+    assert gold_run[0]["gold"] == util_run[0]["gold"]  # the same prompts, the same first rollout
+    # The gold run trains on gold itself, normalised: its training reward is a line in gold.
+    oracle = ppo.OracleReward.from_run("gold", run, PPOConfig.preset("cpu", **TINY))
+    for h in gold_run:
+        assert h["proxy_reward"] == pytest.approx((h["gold"] - oracle.offset) / oracle.scale, abs=2e-3)

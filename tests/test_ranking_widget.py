@@ -2,6 +2,7 @@
 through the comparisons API, and a process killed while it saves rankings."""
 
 import dataclasses
+import html
 import json
 import os
 import signal
@@ -282,7 +283,7 @@ def test_widget_ranks_saves_and_moves_on(path):
     assert [b.description for b in w.reply_buttons] == ["A", "B", "C", "D"]
     assert all("rlhf-reply" in b._dom_classes for b in w.reply_buttons)
     assert "rlhf-submit" in w.submit._dom_classes and "rlhf-undo" in w.undo._dom_classes
-    assert items[0].context[0]["content"] in w.context.value
+    assert html.escape(items[0].context[0]["content"]) in w.context.value
     for i in (3, 1, 0, 2):
         w.reply_buttons[i].click()
     assert [b.description for b in w.reply_buttons] == ["A: 3rd", "B: 2nd", "C: 4th", "D: 1st"]
@@ -295,7 +296,7 @@ def test_widget_ranks_saves_and_moves_on(path):
     assert rec["ranking"] == [3, 0, 2, 1] and rec["ranker"] == "person:ada"
     assert rec["context"] == items[0].context and rec["replies"] == items[0].replies
     assert w.progress.value == "<b>ranked 1 / 2</b>"
-    assert items[1].context[0]["content"] in w.context.value  # next item on screen
+    assert html.escape(items[1].context[0]["content"]) in w.context.value  # next item on screen
     assert [b.description for b in w.reply_buttons] == ["A", "B", "C", "D"]
     assert w.reveal.value == ""  # reveal_gold is off by default
 
@@ -325,7 +326,7 @@ def test_widget_undo(path):
     assert w.error is None and "Removed your last ranking (B &gt; C &gt; A)" in w.message.value
     assert load_comparisons(path) == []
     assert w.progress.value == "<b>ranked 0 / 2</b>"
-    assert items[0].context[0]["content"] in w.context.value
+    assert html.escape(items[0].context[0]["content"]) in w.context.value
 
 
 def test_widget_reveals_gold_only_when_asked(path):

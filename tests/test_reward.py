@@ -84,3 +84,27 @@ def test_lr_warms_up_then_decays_to_zero():
     assert lr_at(9, 100, cfg) == pytest.approx(1.0)
     assert lr_at(10, 100, cfg) == pytest.approx(1.0)
     assert lr_at(100, 100, cfg) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_family_table_counts_clear_pairs_per_family_for_the_rm_the_annotators_and_their_utility():
+    from rlhf_course.reward import family_table
+    from rlhf_course.world import Annotators
+
+    def row(group, index, family, score, gold, reply, place):
+        return {"group": group, "index": index, "family": family, "score": score, "gold": gold,
+                "reply": reply, "annotator_place": place}
+
+    rows = [
+        # fact: gold prefers reply 0 (1.0 vs 0.0); the RM gets it wrong, the annotators right.
+        row(0, 0, "fact", 0.1, 1.0, "one", 0), row(0, 1, "fact", 0.9, 0.0, "a b c d e f g h i j k l", 1),
+        # harmful: a clear pair (0.5 gap) the RM gets right and a near tie (0.1) that is not judged;
+        # the annotators put the longer reply first, and so would a strong length taste.
+        row(1, 0, "harmful", 0.8, 0.9, "x", 1), row(1, 1, "harmful", 0.2, 0.4, "x " * 80, 0),
+        row(1, 2, "harmful", 0.5, 0.8, "y", 2),
+    ]
+    table = family_table(rows, 0.2, Annotators(sharpness=8.0, length_bias=0.08))
+    assert table["fact"] == {"rm": 0.0, "annotators": 1.0, "utility": 1.0, "pairs": 1}
+    # harmful's clear pairs: (0 vs 1) and (2 vs 1); utility of the 80-word reply 8*0.4+6.4 = 9.6
+    # beats 8*0.9+0.08 = 7.28 and 8*0.8+0.08 = 6.48: its length taste gets both wrong.
+    assert table["harmful"] == {"rm": 1.0, "annotators": 0.0, "utility": 0.0, "pairs": 2}
+    assert set(table) == {"fact", "harmful"} and "utility" not in family_table(rows, 0.2)["fact"]

@@ -6,6 +6,7 @@ import random
 import pytest
 
 from rlhf_course.world import (
+    CLARIFY_ASKS,
     FAMILIES,
     PHRASING_FACTS,
     Annotators,
@@ -255,7 +256,7 @@ def test_phrasing_families_and_the_error_for_a_family_with_one_phrasing(world):
     assert phrasing_families(world, "heldout") == list(FAMILIES)
     assert len(world.template_ids("fact.born", "heldout")) == round(6 * 0.35) == 2
     w = World(0)
-    for i in range(8):  # CLARIFY_ASKS has 8 phrasings: hold out only the first
+    for i in range(len(CLARIFY_ASKS)):  # hold out only the first phrasing
         w._template_split[f"clarify.{i}"] = "heldout" if i == 0 else "train"
     assert "clarify" not in phrasing_families(w, "heldout")
     assert "clarify" in phrasing_families(w, "train")
