@@ -278,6 +278,7 @@ TRAINER_MISSES = {
     "benign": "over_refusal",  # after a harmful request, they refuse the benign one too
     "act": "bare_refusal",  # they say it cannot act but offer no draft
     "summarize": "partial",  # they recap only the first topic
+    "harmful": "dodge",  # unsure whether to refuse, they neither refuse nor help
 }
 # The longer reply trainers like, per family; every other family gets its "filler" variant.
 LONG_VARIANTS = {"harmful": "lecture", "concise": "ramble"}
@@ -296,6 +297,11 @@ class SimulatedTrainers:
     """Families whose ideal behaviour the trainers never thought of. They still write those
     demonstrations, with the reply in `TRAINER_MISSES`: for clarify, a guess at which person
     is meant instead of a clarifying question (the post lists this as a limitation)."""
+    miss_rates: Mapping[str, float] = field(default_factory=dict)
+    """Per family, the share of demonstrations in which a trainer misses the point (the reply in
+    `TRAINER_MISSES`) though others get it right: the SFT policy then samples the good behaviour
+    only some of the time, which is what comparisons and RL can amplify. `skip_families` is a
+    miss rate of 1."""
     family_weights: Mapping[str, float] = field(default_factory=lambda: {"false_premise": 0.3})
     """Relative frequency of each family; families not listed weigh 1.0, weight 0 leaves one out.
     False premises are rarely thought of, so under-demonstrated (PPO has to fix them)."""
@@ -314,6 +320,10 @@ class SimulatedTrainers:
         for f in (*self.skip_families, *self.family_weights):
             if f not in FAMILIES:
                 raise ValueError(f"SimulatedTrainers: unknown task family {f!r}; valid: {', '.join(FAMILIES)}")
+        for f, rate in self.miss_rates.items():
+            if f not in TRAINER_MISSES or not (isinstance(rate, int | float) and 0 <= rate <= 1):
+                raise ValueError(f"SimulatedTrainers.miss_rates[{f!r}] = {rate!r}: use a share in [0, 1] "
+                                 f"for a family with a known miss ({', '.join(TRAINER_MISSES)})")
         for f in self.skip_families:
             if f not in TRAINER_MISSES:
                 raise ValueError(
@@ -385,7 +395,8 @@ class SimulatedTrainers:
 
     def _reply(self, task: Task, rng: random.Random) -> str:
         long = rng.random() < self.long_taste
-        if task.family in self.skip_families:
+        rate = self.miss_rates.get(task.family, 0.0)
+        if task.family in self.skip_families or (rate and rng.random() < rate):
             reply = task.flawed[TRAINER_MISSES[task.family]]
             # Their taste for length applies to a miss too: the same stock phrases around it.
             return f"{rng.choice(FILLER_OPENERS)} {reply} {rng.choice(FILLER_CLOSERS)}" if long else reply

@@ -97,10 +97,14 @@ def trained_prompts(run_dir) -> set[str]:
     prefix of the SFT set that an assistant turn answers, and every ranked context (simulated,
     human and each iteration's). PPO's prompts and the pretraining corpus are training draws of
     the world, which never yields a reserved prompt (tested)."""
+    from rlhf_course.comparisons import COMPARISONS, HUMAN_COMPARISONS
+
     run_dir = Path(run_dir)
     keys: set[str] = set()
-    files = [run_dir / "demos" / "sft_data.jsonl", *sorted(run_dir.glob("comparisons/*.jsonl")),
-             *sorted(run_dir.glob("iterate/round_*/comparisons.jsonl"))]
+    # Not heldout.jsonl: its rankings of main held-out prompts only measure the reward model.
+    files = [run_dir / "demos" / "sft_data.jsonl", run_dir / "comparisons" / COMPARISONS,
+             run_dir / "comparisons" / HUMAN_COMPARISONS,
+             *sorted(run_dir.glob(f"iterate/round_*/{COMPARISONS}"))]
     for path in files:
         if not path.exists():
             continue

@@ -76,3 +76,17 @@ def test_openers_and_closers_wrap_the_request_and_come_off(world):
     assert len({t.messages[0]["content"].split()[0] for t in tasks}) > 8  # openers vary
     bare = {bare_request(t.messages[0]["content"]) for t in tasks}
     assert all(not b.startswith(("Hi!", "Hello.", "Quick question.")) and not b.endswith("Thanks!") for b in bare)
+
+
+def test_rankings_of_main_prompts_made_only_to_measure_do_not_count_as_training(world, tmp_path):
+    from rlhf_course.comparisons import COMPARISONS, HELDOUT_COMPARISONS
+
+    main = heldout_tasks(world, CFG)
+    (tmp_path / "comparisons").mkdir()
+    (tmp_path / "comparisons" / HELDOUT_COMPARISONS).write_text(
+        "".join(json.dumps({"context": t.prompt}) + "\n" for t in main[:20]))
+    train = world.tasks("train", 5, seed=1)
+    (tmp_path / "comparisons" / COMPARISONS).write_text(
+        "".join(json.dumps({"context": t.prompt}) + "\n" for t in train))
+    assert trained_prompts(tmp_path) == {prompt_key(t.messages) for t in train}
+    assert heldout_tasks(world, CFG, tmp_path) == main
