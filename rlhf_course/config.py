@@ -130,8 +130,9 @@ class BaseConfig(_Preset):
     the trust over. Code from the hub runs with your account's rights; read it first."""
 
     # --- evaluation ---
-    eval_prompts: int = 240
-    """Held-out prompts sampled for `base.gold` (at least 200)."""
+    eval_prompts: int = 480
+    """Prompts of the main held-out set sampled for `base.gold` (at least 200; 480 give every
+    family 48), and as many of the generalisation probe for `base.gold_ood`."""
     max_new_tokens: int = 64
     """Longest sampled reply, in tokens."""
     temperature: float = 0.7
@@ -217,8 +218,9 @@ class SFTConfig(_Preset):
     """Log (and redraw the live loss plot) every this many steps."""
 
     # --- evaluation (same protocol as the base stage) ---
-    eval_prompts: int = 240
-    """Held-out prompts for `sft.gold` and the win rate against the base model (at least 200)."""
+    eval_prompts: int = 480
+    """Main held-out prompts for `sft.gold` and the win rate against the base model (at least
+    200; 480 give every family 48), and as many probe prompts for `sft.gold_ood`."""
     max_new_tokens: int = 64
     """Longest sampled reply, in tokens."""
     temperature: float = 0.7
@@ -305,8 +307,9 @@ class RewardConfig(_Preset):
     """LoRA scaling numerator (the update is scaled by alpha / r)."""
 
     # --- evaluation ---
-    eval_prompts: int = 240
-    """Held-out prompts whose K sampled replies measure the RM (at least 200)."""
+    eval_prompts: int = 480
+    """Main held-out prompts whose K sampled replies measure the RM (at least 200); 480 give
+    about 700 clear pairs, enough to read a per-family table."""
     gold_margin: float = 0.2
     """`rm.accuracy_gold` counts pairs whose gold scores differ by at least this much."""
     max_new_tokens: int = 64
@@ -425,8 +428,10 @@ class PPOConfig(_Preset):
     """Save a checkpoint every this many steps; a re-run resumes from the last one."""
 
     # --- evaluation ---
-    eval_prompts: int = 240
-    """Held-out prompts for `ppo.gold`, the win rate against SFT and the KL (at least 200)."""
+    eval_prompts: int = 480
+    """Main held-out prompts for `ppo.gold`, the win rate against SFT and the KL (at least 200;
+    the same number as SFTConfig's, so SFT's saved replies are reused), and as many probe prompts
+    for `gold_ood`."""
     temperature: float = 0.7
     """Evaluation sampling temperature (the same as every stage's)."""
     eval_batch_size: int = 48
@@ -523,8 +528,8 @@ class EvalConfig(_Preset):
     """Sampling temperature (the same as every stage's evaluation)."""
     eval_batch_size: int = 48
     """Prompts per generation batch."""
-    eval_prompts: int = 240
-    """The held-out prompts every stage reports on (win rates are computed on them)."""
+    eval_prompts: int = 480
+    """The main held-out prompts every stage reports on (win rates are computed on them)."""
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "cpu": {},
@@ -572,8 +577,8 @@ class BeyondConfig(_Preset):
     """Longest DPO prompt + reply, in tokens."""
     max_new_tokens: int = 64
     """Longest sampled reply (training and evaluation), in tokens."""
-    eval_prompts: int = 240
-    """Held-out prompts each method is evaluated on (the same as every stage's)."""
+    eval_prompts: int = 480
+    """Main held-out prompts each method is evaluated on (the same as every stage's)."""
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "cpu": {},

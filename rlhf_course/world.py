@@ -352,12 +352,12 @@ FACT_ASKS = {
 OPENERS = (
     "", "Hi!", "Hello.", "Hey there.", "Good morning.", "Good evening.", "Quick question.",
     "I have a question.", "Sorry to bother you.", "Hope you are well.", "I was wondering.",
-    "Excuse me.", "Hi again.", "Okay.", "Hello again.", "Something I need to know.",
+    "Excuse me.", "Hi again.", "Okay.", "Hello again.", "Hello, assistant.",
 )
 CLOSERS = (
     "", "Thanks!", "Thank you.", "Thanks in advance.", "Much appreciated.", "Cheers.",
-    "I'm curious.", "My friend asked me.", "No rush.", "It's been on my mind.",
-    "Any help is welcome.", "Thanks a lot.", "I'd like to know.", "Please answer.",
+    "Thanks for your time.", "My friend asked me.", "No rush.", "It's been on my mind.",
+    "Any help is welcome.", "Thanks a lot.", "I appreciate it.", "Please answer.",
 )
 EVAL_SHARE = 0.05
 """Share of the training distribution's prompts reserved for the main held-out set: a training
@@ -634,12 +634,11 @@ class World:
             self._template_override = None
 
     def showcase(self) -> list[Task]:
-        """Held-out prompts shaped like the post's examples, the same in notebooks 01, 03, 06, 08:
-        a false premise, a harmful request, a follow-up, a request to act, a restyle, a summary."""
-        rng = random.Random(f"showcase:{self.seed}")
-        return [self.make_task(f, "heldout", rng) for f in
-                ("false_premise", "harmful", "benign", "followup", "act", "restyle", "summarize",
-                 "clarify", "fact")]
+        """Main held-out prompts shaped like the post's examples, the same in notebooks 01, 03, 06
+        and 08: a false premise, a harmful request, its benign rephrase, a follow-up, a request
+        to act, a restyle, a summary, an ambiguous name and a fact or sum."""
+        return self.tasks("main", 9, seed=-1, families=(
+            "false_premise", "harmful", "benign", "followup", "act", "restyle", "summarize", "clarify", "fact"))
 
     def _person(self, split: str, family: str, rng: random.Random) -> Person:
         return self._pick(self.people, lambda p: p.name, split, family, rng)

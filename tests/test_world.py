@@ -193,7 +193,7 @@ def test_showcase_covers_the_posts_examples(world):
     families = [t.family for t in world.showcase()]
     for f in ("false_premise", "harmful", "followup", "act", "restyle", "summarize"):
         assert f in families
-    assert all(t.split == "heldout" for t in world.showcase())
+    assert all(t.split == "main" and world.reserved(t.messages) for t in world.showcase())
     assert world.showcase() == World(0).showcase()
 
 
