@@ -404,3 +404,29 @@ def verbosity_plot(words: dict[str, float], length_bias: dict[str, float] | None
     if show:
         display_figure(fig)
     return fig
+
+
+LADDER = (("SFT", "sft_gold"), ("PPO on gold\n(reference)", "oracle_gold"),
+          ("PPO on the annotators'\nexact taste (reference)", "annotator_oracle_gold"),
+          ("PPO on the\nreward model", "gold"))
+"""The rungs of stage ppo's reward ladder: (label, key of the report's `ppo` entry)."""
+
+
+def ladder_plot(ppo: dict, show: bool = True) -> Figure:
+    """Held-out gold of SFT and of the same PPO against three rewards (stage ppo's report entry):
+    the gold judge, the annotators' exact utility and the learned reward model. The drop from the
+    second bar to the third is what the people's biases cost; from the third to the fourth, what
+    the reward model's errors cost."""
+    rungs = [(label, ppo[key]) for label, key in LADDER if _number(ppo.get(key))]
+    fig = _new_figure((7.5, 3.4))
+    ax = fig.add_subplot()
+    bars = ax.bar(range(len(rungs)), [v for _, v in rungs], color=["#999999", "#2a9d8f", "#e9c46a", "#e76f51"][: len(rungs)])
+    ax.bar_label(bars, fmt="%.3f", fontsize=8)
+    ax.set_xticks(range(len(rungs)), [label for label, _ in rungs], fontsize=8)
+    low = min(v for _, v in rungs) if rungs else 0.0
+    ax.set(title="held-out gold: one PPO, three rewards", ylabel="mean gold (0-1)",
+           ylim=(max(0.0, low - 0.15), 1.0))
+    ax.grid(axis="y", alpha=0.3)
+    if show:
+        display_figure(fig)
+    return fig

@@ -76,6 +76,7 @@ def report_html(report: dict[str, Any], run_dir: str | os.PathLike) -> str:
         ("Stages at a glance", _overview),
         ("Gold score by task family", _by_family),
         ("The reward model", _reward_model),
+        ("One PPO, three rewards", _ladder),
         ("Iterated rounds", _iterations),
         ("Over-optimisation of the reward model", _overopt),
         ("What RLHF does not fix", _limitations),
@@ -203,6 +204,7 @@ _RM_ROWS = {
     "accuracy_gold": "accuracy against gold (clearly different pairs)",
     "accuracy_gold_all": "accuracy against gold (every pair gold ranks)",
     "accuracy_annotator": "accuracy against the annotators' rankings",
+    "train_accuracy_gold": "accuracy against gold on its own training rankings (clear pairs)",
     "annotator_accuracy_gold": "the annotators' own accuracy against gold (clear pairs)",
     "length_bias": "length bias: RM score per extra token at equal gold",
     "heldout_rankings": "held-out rankings measured",
@@ -214,10 +216,34 @@ def _reward_model(ctx: _Context) -> str:
     rows = [[label, rm[key]] for key, label in _RM_ROWS.items() if rm.get(key) is not None]
     if not rows:
         return ctx.run_note("rm", "reward-model figures")
+    families = rm.get("accuracy_gold_by_family")
+    by_family = "" if not isinstance(families, dict) or not families else (
+        "<p>Per family, on clear held-out pairs: the reward model, the annotators' own rankings, "
+        "and a reward model that had learned their exact taste (the ceiling of learning it).</p>"
+        + _table(["family", "reward model", "annotators", "their exact taste", "pairs"],
+                 [[f, v.get("rm"), v.get("annotators"), v.get("utility"), v.get("pairs")]
+                  for f, v in families.items() if isinstance(v, dict)]))
     return (
         "<p>The reward model learns the annotators' rankings, so it inherits their errors and "
         "their taste for length; the gap between its accuracy against the annotators and against "
-        "gold is what PPO can exploit.</p>" + _table(["figure", "value"], rows)
+        "gold is what PPO can exploit.</p>" + _table(["figure", "value"], rows) + by_family
+    )
+
+
+def _ladder(ctx: _Context) -> str:
+    ppo = ctx.entry("ppo")
+    if not plots._number(ppo.get("oracle_gold")):
+        return ctx.run_note("ppo", "reference runs (PPOConfig.ladder)")
+    rows = [[label.replace("\n", " "), ppo.get(key), ppo.get(key.replace("gold", "win_rate_vs_sft")
+                                                         if key != "sft_gold" else "")]
+            for label, key in plots.LADDER]
+    return (
+        "<p>The same PPO against the gold judge, against the annotators' exact taste (both "
+        "reference runs, trained on a truth no real project has) and against the learned reward "
+        "model, on the main held-out prompts. From the second bar to the third: what the people's "
+        "biases cost; from the third to the fourth: what the reward model's errors cost.</p>"
+        + _figure(plots.ladder_plot, ppo, show=False)
+        + _table(["reward", "held-out gold", "win rate vs SFT"], rows)
     )
 
 

@@ -131,3 +131,13 @@ def test_verbosity_plot_with_and_without_length_bias():
 def test_plots_show_by_default_outside_a_notebook_without_error():
     # show=True displays only inside a notebook; here it must still return the figure.
     assert isinstance(plots.verbosity_plot({"sft": 10.0}), Figure)
+
+
+def test_ladder_plot_draws_the_rungs_the_report_has():
+    from rlhf_course.plots import ladder_plot
+
+    fig = ladder_plot({"sft_gold": 0.7, "oracle_gold": 0.8, "annotator_oracle_gold": 0.78, "gold": 0.74}, show=False)
+    ax = fig.axes[0]
+    assert [round(p.get_height(), 3) for p in ax.patches] == [0.7, 0.8, 0.78, 0.74]
+    # A run without the ladder (ladder=False) shows SFT and the learned reward model only.
+    assert len(ladder_plot({"sft_gold": 0.7, "gold": 0.74, "oracle_gold": None}, show=False).axes[0].patches) == 2

@@ -14,6 +14,7 @@ SECTIONS = [
     "Stages at a glance",
     "Gold score by task family",
     "The reward model",
+    "One PPO, three rewards",
     "Iterated rounds",
     "Over-optimisation of the reward model",
     "What RLHF does not fix",
@@ -44,7 +45,8 @@ def full_report() -> dict:
         "ppo": {**common, "gold": 0.4712, "proxy_reward": 0.91, "kl_to_sft": 2.2, "win_rate_vs_sft": 0.58,
                 "sft_gold": 0.3811, "gold_by_family": {"harmful": 0.6137, "false_premise": 0.21},
                 "sft_gold_by_family": {"harmful": 0.4, "false_premise": 0.25}, "reply_words": 16.3,
-                "sft_reply_words": 12.1, "seconds": 300.0},
+                "sft_reply_words": 12.1, "seconds": 300.0, "oracle_gold": 0.5321, "oracle_win_rate_vs_sft": 0.66,
+                "annotator_oracle_gold": 0.5012, "annotator_oracle_win_rate_vs_sft": 0.61},
         "moderation": {**common, "precision": 0.9913, "recall": 0.9477, "tp": 151, "fp": 1, "fn": 5,
                        "user": {"precision": 0.9876, "recall": 0.9312, "tp": 91, "fp": 1, "fn": 5},
                        "assistant": {"precision": 1.0, "recall": 1.0, "tp": 60, "fp": 0, "fn": 0}},
@@ -111,6 +113,7 @@ def test_full_report_has_every_section_and_figure(tmp_path):
     for number in ["0.471",   # overview: ppo gold
                    "0.614",   # by family: ppo harmful
                    "0.734",   # reward model: accuracy against gold
+                   "0.532",   # the ladder: PPO against gold
                    "0.552",   # iterations: round 2 gold
                    "0.123",   # over-optimisation: best-of-n alpha
                    "0.668",   # over-optimisation: RL gold peak
@@ -120,8 +123,8 @@ def test_full_report_has_every_section_and_figure(tmp_path):
                    "0.931",   # moderation: user recall
                    "0.512"]:  # beyond: dpo gold
         assert number in page, number
-    # bar_by_family, rounds, over-optimisation, behaviour, verbosity.
-    assert page.count('<img alt="') == page.count('src="data:image/png;base64,') == 5
+    # bar_by_family, the ladder, rounds, over-optimisation, behaviour, verbosity.
+    assert page.count('<img alt="') == page.count('src="data:image/png;base64,') == 6
     assert 'class="note"' not in page  # nothing is missing
     # Verbosity lists the stages, then the first reward model, then the rounds.
     verbosity = page[page.index("<h2>Verbosity</h2>"):page.index("<h2>Side by side</h2>")]
