@@ -357,7 +357,8 @@ class PPOConfig(_Preset):
     ladder: bool = True
     """Stage `ppo` also runs the same PPO with reward 'gold' and 'annotators' (RUN_DIR/ppo/ladder/)
     and reports their held-out gold as `oracle_gold` and `annotator_oracle_gold`: the gaps between
-    the rungs are the cost of the people's biases and the cost of the reward model's errors."""
+    the rungs are the cost of the people's biases and the cost of the reward model's errors.
+    About 3 minutes more on the cpu track; off in the GPU presets, where each run is long."""
 
     # --- rollouts ---
     steps: int = 30
@@ -372,11 +373,15 @@ class PPOConfig(_Preset):
     match, or the ratio and the KL are measured on another distribution than the one sampled)."""
 
     # --- the objective ---
-    init_kl_coef: float = 0.1
-    """beta, the weight of the per-token KL penalty to the SFT policy, at the start. Against the
-    cpu track's reward model a weaker leash (0.05, 60 steps) let gold fall further."""
-    target_kl: float | None = 6.0
-    """Per-reply KL (nats) the adaptive controller steers toward; None keeps beta fixed."""
+    init_kl_coef: float = 0.3
+    """beta, the weight of the per-token KL penalty to the SFT policy, at the start. On the cpu
+    track (seed 0, 30 steps) beta 0.1 with the controller aiming at 6 nats let the policy reach
+    KL 6 and collapse onto one reply the reward model over-rates ("I am not able to act outside
+    this chat, ..." to harmful and fact questions too): gold 0.67 -> 0.55. A fixed 0.3 kept KL
+    near 0.7 and gave gold 0.64 -> 0.76, win rate 0.61; 0.2 aiming at 2 nats gave 0.75, 0.60."""
+    target_kl: float | None = None
+    """Per-reply KL (nats) the adaptive controller (Ziegler et al.) steers beta toward; None
+    keeps beta fixed, as the cpu preset does (see `init_kl_coef`)."""
     kl_horizon: int = 10_000
     """Replies over which the adaptive controller moves beta toward the target (Ziegler et al.)."""
     missing_eos_penalty: float = 1.0
@@ -439,11 +444,14 @@ class PPOConfig(_Preset):
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "cpu": {},
+        # The GPU presets keep the adaptive controller and skip the ladder's two extra runs (each
+        # as long as the course's own PPO there); set ladder=True to draw it.
         "t4": {"batch_size": 32, "minibatch_size": 8, "lr": 1e-6, "value_lr": 5e-6, "steps": 200,
-               "init_kl_coef": 0.05, "max_new_tokens": 128, "logprob_chunk": 32, "eval_batch_size": 64,
-               "lora": None},
+               "init_kl_coef": 0.05, "target_kl": 6.0, "max_new_tokens": 128, "logprob_chunk": 32,
+               "eval_batch_size": 64, "lora": None, "ladder": False},
         "a100": {"batch_size": 64, "minibatch_size": 16, "lr": 1e-6, "value_lr": 5e-6, "steps": 300,
-                 "max_new_tokens": 256, "logprob_chunk": 64, "eval_batch_size": 128, "lora": None},
+                 "init_kl_coef": 0.1, "target_kl": 6.0, "max_new_tokens": 256, "logprob_chunk": 64,
+                 "eval_batch_size": 128, "lora": None, "ladder": False},
     }
 
     def __post_init__(self) -> None:

@@ -298,7 +298,7 @@ class SimulatedTrainers:
     demonstrations, with the reply in `TRAINER_MISSES`: for clarify, a guess at which person
     is meant instead of a clarifying question (the post lists this as a limitation)."""
     miss_rates: Mapping[str, float] = field(default_factory=lambda: {
-        "act": 0.5, "harmful": 0.5, "benign": 0.5, "false_premise": 0.5, "summarize": 0.5})
+        "act": 0.5, "harmful": 0.5, "benign": 0.3, "false_premise": 0.5, "summarize": 0.5})
     """Per family, the share of demonstrations in which a trainer misses the point (the reply in
     `TRAINER_MISSES`) though others get it right: the SFT policy then samples the good behaviour
     only some of the time, which is what comparisons and RL can amplify. `skip_families` is a
