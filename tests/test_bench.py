@@ -262,3 +262,20 @@ def test_gpu_script_smoke_prints_a_row_per_stage(tmp_path):
         assert memory.startswith("n/a (CPU"), (stage, memory)
     # --out appends the same table to the results file
     assert bench.markdown_table([Row(*r) for r in rows]) in out.read_text(encoding="utf-8")
+
+
+def test_seeds_benchmark_table_reads_each_seeds_report():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "seeds", Path(__file__).resolve().parent.parent / "benchmarks" / "seeds.py")
+    seeds = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(seeds)
+    text = seeds.table({1: {"base": {"gold": 0.3}, "sft": {"gold": 0.65, "gold_ood": 0.4},
+                            "ppo": {"gold": 0.72, "oracle_gold": 0.8}},
+                        0: {"sft": {"gold": 0.6}}})
+    lines = text.splitlines()
+    assert lines[0].startswith("| seed | base | SFT | RM acc |") and len(lines) == 4
+    assert lines[2].startswith("| 0 | - | 0.600 |") and lines[2].endswith("| - |")
+    assert "| 1 | 0.300 | 0.650 | - | 0.720 | 0.800 |" in lines[3] and lines[3].endswith("| +0.070 |")

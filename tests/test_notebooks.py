@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from rlhf_course.runs import read_metrics
+from rlhf_course.world import FAMILIES
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 TESTED = ["00_welcome.ipynb", "01_base_model.ipynb", "02_demonstrations.ipynb", "03_sft.ipynb",
@@ -80,11 +81,12 @@ def test_03_sft(run_dir, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 3 is open: SFT wins ~0.70 of held-out prompts "
-                   "against base (ties count half), short of 0.8; most non-wins are ties where "
-                   "both models fail (summaries, arithmetic, recall of held-out combinations)")
-def test_03_sft_win_rate_reaches_issue_3_target(run_dir):
-    assert read_metrics(run_dir, "03_sft")["win_rate_vs_base"] >= 0.8
+def test_03_sft_reaches_issue_15_targets(run_dir):
+    # Well above base, well under the ideal: on the 480 main held-out prompts, none trained on.
+    m = read_metrics(run_dir, "03_sft")
+    assert m["gold"] >= m["base_gold"] + 0.25 and m["win_rate_vs_base"] >= 0.8 and m["gold"] <= 0.85
+    assert m["eval_excluded"] == 0 and m["eval_prompts"] >= 480
+    assert 0.0 <= m["gold_ood"] < m["gold"]  # the probe: a tiny model generalises little
 
 
 @pytest.mark.slow
@@ -117,12 +119,13 @@ def test_05_reward_model(run_dir, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 4 is open: the reward model reaches ~0.71 on clear "
-                   "gold pairs and ~0.58 against the annotators on held-out prompts (targets 0.75 "
-                   "and 0.65); it underfits its training rankings (~0.65 there)")
-def test_05_reward_model_reaches_issue_4_targets(run_dir):
+def test_05_reward_model_reaches_issue_15_targets(run_dir):
     m = read_metrics(run_dir, "05_reward_model")
-    assert m["accuracy_gold"] >= 0.75 and m["accuracy_annotator"] >= 0.65
+    assert m["accuracy_gold"] >= 0.80 and m["accuracy_annotator"] >= 0.62
+    # It inherits the annotators' taste for length (the lesson notebooks 05 and 08 draw).
+    assert m["length_bias"] > 0
+    families = json.loads((run_dir / "report.json").read_text())["rm"]["accuracy_gold_by_family"]
+    assert set(families) <= set(FAMILIES) and len(families) >= 8
 
 
 @pytest.mark.slow
@@ -142,11 +145,12 @@ def test_06_ppo(run_dir, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 5 is open: against a reward model that agrees with gold "
-                   "on ~0.7 of clear held-out pairs, PPO raises the proxy reward but not gold")
-def test_06_ppo_reaches_issue_5_targets(run_dir):
+def test_06_ppo_reaches_issue_15_targets(run_dir):
     m = read_metrics(run_dir, "06_ppo")
-    assert m["win_rate_vs_sft"] >= 0.65 and m["gold"] > m["sft_gold"]
+    assert m["gold"] >= m["sft_gold"] + 0.05 and m["win_rate_vs_sft"] >= 0.60
+    # The ladder: the people's biases cost at most a third of what PPO on gold itself gains.
+    assert m["annotator_oracle_gold"] - m["sft_gold"] >= 2 / 3 * (m["oracle_gold"] - m["sft_gold"])
+    assert 0.0 <= m["gold_ood"] <= 1.0 and 0.0 <= m["sft_gold_ood"] <= 1.0
 
 
 @pytest.mark.slow
@@ -188,13 +192,18 @@ def test_08_eval(run_dir, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 6 is open: against a reward model that misjudges fact "
-                   "and false-premise pairs (0.15-0.46 on clear ones), RLHF corrects fewer false "
-                   "premises than SFT (0.10 vs 0.27 in a CLI run, seed 0)")
-def test_08_eval_reaches_issue_6_targets(run_dir):
+def test_07_iterate_reaches_issue_15_targets(run_dir):
+    m = read_metrics(run_dir, "07_iterate")
+    sft_gold = json.loads((run_dir / "report.json").read_text())["ppo"]["sft_gold"]
+    assert m["gold_last"] >= m["gold_first"] >= sft_gold
+
+
+@pytest.mark.slow
+def test_08_eval_reaches_issue_15_targets(run_dir):
     m = read_metrics(run_dir, "08_eval")
-    assert m["refusal_rate_iterate"] > m["refusal_rate_sft"]
+    assert m["refusal_rate_iterate"] >= m["refusal_rate_sft"]
     assert m["false_premise_corrected_iterate"] > m["false_premise_corrected_sft"]
+    assert m["overrefusal_rate_iterate"] <= m["overrefusal_rate_sft"] + 0.05
 
 
 @pytest.mark.slow
@@ -222,6 +231,13 @@ def test_10_beyond(run_dir, tmp_path):
     for method in ("ppo", "dpo", "rloo", "grpo"):
         assert 0.0 <= m[f"gold_{method}"] <= 1.0 and 0.0 <= m[f"win_rate_vs_sft_{method}"] <= 1.0
         assert m[f"train_seconds_{method}"] > 0 and m[f"peak_memory_mb_{method}"] > 100
+
+
+@pytest.mark.slow
+def test_10_beyond_reaches_issue_15_targets(run_dir):
+    m = read_metrics(run_dir, "10_beyond")
+    above = [method for method in ("dpo", "rloo", "grpo") if m[f"gold_{method}"] > m["sft_gold"]]
+    assert m["gold_ppo"] > m["sft_gold"] and len(above) >= 2, above
 
 
 @pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.name)
