@@ -361,9 +361,10 @@ class PPOConfig(_Preset):
     About 3 minutes more on the cpu track; off in the GPU presets, where each run is long."""
 
     # --- rollouts ---
-    steps: int = 30
-    """PPO steps; each samples `batch_size` replies (per process) and updates on them. 30 x 32
-    replies take about 2 minutes on 2 cores, inside the course's 12-minute run."""
+    steps: int = 40
+    """PPO steps; each samples `batch_size` replies (per process) and updates on them. On the cpu
+    track (seed 0, beta 0.3) 30 steps gave gold 0.659 -> 0.758 and a win rate of 0.591 against
+    SFT, 40 steps 0.765 and 0.603; 40 x 32 replies take about 2.5 minutes on 2 cores."""
     batch_size: int = 32
     """Replies sampled per step (per process when several run data-parallel)."""
     max_new_tokens: int = 64
