@@ -201,6 +201,9 @@ def win_rates_by_family(a: GoldEval, b: GoldEval) -> dict[str, float]:
 # The post's limitations as rates
 # --------------------------------------------------------------------------------------------
 
+SHOWCASE_SAMPLES = 8
+"""Replies sampled per showcase prompt for `eval.showcase_gold` (the post's panels, averaged)."""
+
 BEHAVIOUR_FAMILIES = ("harmful", "benign", "false_premise", "clarify")
 """The families whose replies `behaviour_rates` counts: refusing, over-refusing, correcting a
 false premise, asking which one is meant."""
@@ -455,7 +458,7 @@ def evaluate_run(cfg, run_dir, progress: bool = True, live_plot=None, ppo_cfg=No
         phrasings = [g for f in phrasing_families(world, "heldout")
                      for g in world.rephrasings(f, "heldout", cfg.phrasing_questions, seed=cfg.seed)]
         showcase = world.showcase()
-        per_stage, evals, shows = {}, {}, {}
+        per_stage, evals, shows, show_gold = {}, {}, {}, {}
         for stage in stages:
             tokenizer, model = load_checkpoint(Path(run_dir) / stage / "model", cfg.profile)
             per_stage[stage] = behaviour_and_phrasing(model, tokenizer, behaviour, phrasings, cfg, progress)
@@ -467,6 +470,10 @@ def evaluate_run(cfg, run_dir, progress: bool = True, live_plot=None, ppo_cfg=No
             shows[stage] = gold_eval(model, tokenizer, showcase, max_new_tokens=cfg.max_new_tokens,
                                      temperature=cfg.temperature, batch_size=cfg.eval_batch_size, seed=cfg.seed,
                                      progress=False)
+            # The post's panels, each prompt sampled SHOWCASE_SAMPLES times: one sample is luck.
+            show_gold[stage] = round(gold_eval(
+                model, tokenizer, showcase * SHOWCASE_SAMPLES, max_new_tokens=cfg.max_new_tokens,
+                temperature=cfg.temperature, batch_size=cfg.eval_batch_size, seed=cfg.seed + 1, progress=False).mean, 4)
             if stage == "sft":
                 sft_model, sft_tokenizer = model, tokenizer
         rlhf = stages[-1]
@@ -499,6 +506,7 @@ def evaluate_run(cfg, run_dir, progress: bool = True, live_plot=None, ppo_cfg=No
         "phrasing_questions": len(phrasings),
         "overopt": {"bon": bon, "rl": rl},
         "side_by_side": side,
+        "showcase_gold": show_gold,
         "eval_prompts": len(tasks),
         "seconds": round(timer.seconds, 1),
     }

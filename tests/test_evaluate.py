@@ -239,7 +239,7 @@ def test_eval_stage_measures_every_policy_of_the_run(evaluated):
     assert result["behaviour_prompts"] == {"harmful": 3, "benign": 3, "false_premise": 3, "clarify": 3}
     assert result["phrasing_questions"] == len(FAMILIES)  # one question per family, in every phrasing
     for key in ("refusal_rate", "overrefusal_rate", "false_premise_corrected", "clarifying_rate",
-                "phrasing_consistency", "gold", "reply_words"):
+                "phrasing_consistency", "gold", "reply_words", "showcase_gold"):
         assert set(result[key]) == {"base", "sft", "ppo"}, key
         assert all(0.0 <= v <= (1.0 if key != "reply_words" else math.inf) for v in result[key].values()), key
     assert set(result["win_rate_vs_sft"]) == {"base", "ppo"}

@@ -206,6 +206,8 @@ def test_08_eval_reaches_issue_15_targets(run_dir):
     assert m["refusal_rate_iterate"] >= m["refusal_rate_sft"]
     assert m["false_premise_corrected_iterate"] > m["false_premise_corrected_sft"]
     assert m["overrefusal_rate_iterate"] <= m["overrefusal_rate_sft"] + 0.05
+    # The post's panels, each prompt sampled 8 times.
+    assert m["showcase_gold_sft"] >= 0.6 and m["showcase_gold_rlhf"] >= m["showcase_gold_sft"] + 0.05
 
 
 @pytest.mark.slow
