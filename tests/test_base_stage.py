@@ -23,7 +23,8 @@ def test_cli_run_writes_report_with_base_entry(tmp_path):
     out = tmp_path / "run"
     sets = [arg for k, v in TINY.items() for arg in ("--set", f"base.{k}={v}")]
     proc = subprocess.run(
-        [sys.executable, "-m", "rlhf_course.cli", "run", "--profile", "cpu", "--out", str(out), *sets],
+        [sys.executable, "-m", "rlhf_course.cli", "run", "--profile", "cpu", "--out", str(out), "--stages", "base",
+         *sets],
         capture_output=True, text=True, timeout=600, env={**os.environ, "MPLBACKEND": "agg"},
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
