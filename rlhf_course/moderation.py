@@ -320,7 +320,7 @@ def training_examples(world: World, seed: int, n_tasks: int, drop_words: int = 2
     contents = {c: e for _, c, e in requests}  # act contents keep topic None, harmful False
     for content, e in sorted(contents.items()):
         examples += [Example(_around(w.format(x=content), i + shift), "user", e.harmful, e.topic)
-                     for i, w in enumerate(wrappers) for shift in (0, 7, 61, 113, 150)]
+                     for i, w in enumerate(wrappers) for shift in range(0, 224, 7)]
         if e.topic is None:
             continue
         variants = [v for k in range(1, drop_words + 1) for v in _dropped(content, k)]

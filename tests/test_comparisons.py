@@ -194,7 +194,7 @@ def test_comparisons_then_reward_model_on_a_tiny_run(tiny_run):
     assert report["heldout_count"] + report["heldout_dropped"] == 200
     records = load_comparisons(tiny_run / "comparisons" / COMPARISONS)
     assert all(2 <= len(r["replies"]) <= 3 and r["split"] == "train" for r in records)
-    assert {r["split"] for r in load_comparisons(tiny_run / "comparisons" / HELDOUT_COMPARISONS)} == {"heldout"}
+    assert {r["split"] for r in load_comparisons(tiny_run / "comparisons" / HELDOUT_COMPARISONS)} == {"main"}
     # the human file is left as it was
     assert len(load_comparisons(tiny_run / "comparisons" / HUMAN_COMPARISONS)) == 1
 

@@ -227,9 +227,11 @@ def test_false_premise_is_under_demonstrated(demos):
 
 def test_long_variants_at_about_long_taste(demos):
     long_names = {"harmful": "lecture", "concise": "ramble"}
+    # Families whose point the trainers always get (no skip, no miss rate).
+    always = [f for f in FAMILIES if f != "clarify" and f not in SimulatedTrainers().miss_rates]
     long = [r["messages"][-1]["content"] == t.flawed[long_names.get(t.family, "filler")]
-            for t, r in demos if t.family != "clarify"]
-    ideal = [r["messages"][-1]["content"] == t.ideal for t, r in demos if t.family != "clarify"]
+            for t, r in demos if t.family in always]
+    ideal = [r["messages"][-1]["content"] == t.ideal for t, r in demos if t.family in always]
     assert sum(long) / len(long) == pytest.approx(0.3, abs=0.04)
     assert sum(long) + sum(ideal) == len(long)
 
@@ -279,7 +281,8 @@ def test_trainer_settings_are_checked():
 
 
 def test_perfect_trainers_write_the_ideal(world):
-    trainers = SimulatedTrainers(skip_families=(), family_weights={}, entity_coverage=1.0, long_taste=0.0)
+    trainers = SimulatedTrainers(skip_families=(), miss_rates={}, family_weights={}, entity_coverage=1.0,
+                                 long_taste=0.0)
     for task, record in trainers.write_with_tasks(world, 100, seed=1):
         assert record["messages"][-1]["content"] == task.ideal
 
@@ -433,3 +436,16 @@ def test_load_hub_dataset_errors(tmp_path):
     write_jsonl(odd, [{"question": "a", "answer": "b"}])
     with pytest.raises(ValueError, match="cannot tell the kind"):
         load_hub_dataset(odd, cache_dir=tmp_path / "cache")
+
+
+def test_trainers_miss_the_point_at_their_miss_rates(world):
+    from rlhf_course.data import TRAINER_MISSES
+
+    trainers = SimulatedTrainers(miss_rates={"act": 0.5}, long_taste=0.0, family_weights={})
+    acts = [(t, r) for t, r in trainers.write_with_tasks(world, 1200, seed=3) if t.family == "act"]
+    missed = [r["messages"][-1]["content"] == t.flawed[TRAINER_MISSES["act"]] for t, r in acts]
+    assert len(acts) > 80 and sum(missed) / len(missed) == pytest.approx(0.5, abs=0.12)
+    assert all(m or r["messages"][-1]["content"] == t.ideal for m, (t, r) in zip(missed, acts, strict=True))
+    for bad in ({"act": 1.5}, {"fact": 0.2}):
+        with pytest.raises(ValueError, match="miss_rates"):
+            SimulatedTrainers(miss_rates=bad)
