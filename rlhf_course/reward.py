@@ -468,9 +468,9 @@ def family_table(rows: Sequence[dict], gold_margin: float, annotators: Annotator
     reward model that had learned their exact utility (sharpness * gold + length_bias * words):
     `{family: {"rm", "annotators", "utility", "pairs"}}`. Where the RM sits far under the
     utility, it failed to learn what the annotators know."""
-    out = {}
+    out, groups = {}, _groups(rows)
     for family in FAMILIES:
-        grps = [g for g in _groups(rows) if g[0]["family"] == family]
+        grps = [g for g in groups if g[0]["family"] == family]
         golds = [[r["gold"] for r in g] for g in grps]
         acc, pairs = gold_accuracy([[r["score"] for r in g] for g in grps], golds, gold_margin)
         if not pairs:
