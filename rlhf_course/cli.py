@@ -176,6 +176,8 @@ def run_stages(
             entry.setdefault("seed", cfg.seed)
         runs.update_report(run_dir, stage, entry, replace=True)
         done.append(stage)
+        # The next stage starts from what this one freed, not from its high-water mark.
+        runs.release_memory()
     _print_summary(run_dir, done)
     return 0
 

@@ -198,6 +198,27 @@ def peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
+def release_memory() -> bool:
+    """Give freed memory back to the operating system; True where it could (Linux with glibc).
+
+    glibc keeps the pages of freed tensors in its heap for reuse, so a training loop whose
+    batches change shape (the reward model's, every batch padded to its own longest reply) grows
+    its resident memory long after it stopped needing more. `malloc_trim` returns them; it
+    changes no number, only what `peak_rss_mb` and the operating system see. Elsewhere it only
+    collects garbage.
+    """
+    import ctypes
+    import gc
+
+    gc.collect()
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):  # musl or another libc: nothing to trim with
+        return False
+
+
 def seed_everything(seed: int, stage: str) -> int:
     """Seed Python's, NumPy's and torch's global generators at the start of `stage`; return the
     seed used, a stable hash of (`seed`, `stage`).

@@ -92,6 +92,13 @@ def test_run_writes_the_report(tmp_path, capsys):
     assert str(tmp_path / "report.json") in out
 
 
+def test_memory_is_released_after_every_stage(tmp_path, monkeypatch):
+    released = []
+    monkeypatch.setattr(cli.runs, "release_memory", lambda: released.append([n for n, _ in CALLS]))
+    assert run(tmp_path, "--stages", "alpha,beta") == 0
+    assert released == [["alpha"], ["alpha", "beta"]]
+
+
 def test_stages_run_in_course_order_not_argument_order(tmp_path):
     assert run(tmp_path, "--stages", "beta, alpha") == 0
     assert [name for name, _ in CALLS] == ["alpha", "beta"]

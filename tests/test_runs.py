@@ -200,6 +200,37 @@ def test_peak_rss_is_plausible():
     assert 10 < peak_rss_mb() < 2**20
 
 
+def _rss_mb() -> float:
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads Linux's /proc")
+def test_release_memory_hands_freed_heap_back():
+    # 1 KiB blocks come from glibc's heap, not from mmap; keeping every 64th alive pins the heap
+    # open, so freeing the others alone gives the operating system nothing back.
+    blocks = [bytearray(1024) for _ in range(300_000)]
+    kept = blocks[::64]
+    del blocks
+    before = _rss_mb()
+    assert runs.release_memory() is True  # this project runs on Linux with glibc
+    after = _rss_mb()
+    assert before - after > 100, (before, after)
+    assert len(kept) == 4688
+
+
+def test_importing_the_package_caps_onednn_primitive_cache_unless_set():
+    import subprocess
+    import sys
+
+    code = "import os, rlhf_course; print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'])"
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "32"
+    env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = "256"  # the user's own choice is kept
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "256"
+
+
 def test_stage_timer_measures_the_block():
     with StageTimer() as timer:
         time.sleep(0.05)
