@@ -1,7 +1,7 @@
 """`rlhf-course`: run the course's stages headless, as an instructor preparing checkpoints would.
 
-    rlhf-course run --profile cpu --out runs/cpu                 # every stage built so far
-    rlhf-course run --profile cpu --out runs/cpu --stages base   # just one
+    rlhf-course run --profile cpu --out runs/course              # every stage built so far
+    rlhf-course run --profile cpu --out runs/course --stages base  # just one
     rlhf-course profile                                          # which profile fits this machine
 
 Each stage is one function `fn(cfg, run_dir) -> dict` in its own module; the CLI builds the
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhf_course import runs
-from rlhf_course.hardware import PROFILES, detect_profile
+from rlhf_course.hardware import PROFILES, ProfileChoice, detect_profile
 
 # Stage name -> "module:function", in the order the course runs them. Imported lazily so that
 # `rlhf-course profile` (or a typo in --stages) does not pay for importing every stage's deps.
@@ -138,13 +138,24 @@ def run_stages(
 ) -> int:
     """Run `stages` in order into the run folder `out` and print a summary; return an exit code.
 
-    `profile=None` detects it; `out=None` means `runs/<profile>`. A stage whose input is missing
-    or corrupt stops the run with that error's message (exit code 1); stages that finished
-    before it keep their outputs and report entries, so rerunning from it is enough.
+    `out=None` means the course's run folder, the one the notebooks use (`runs.resolve_run_dir`:
+    `runs/course` at the repo root, or `$RLHF_COURSE_RUN_DIR`). `profile=None` takes the run's
+    recorded profile, or detects one for a new run; a profile other than the run's is refused
+    (exit code 2). A stage whose input is missing or corrupt stops the run with that error's
+    message (exit code 1); stages that finished before it keep their outputs and report
+    entries, so rerunning from it is enough.
     """
-    choice = detect_profile(profile)
-    run_dir = Path(out) if out is not None else Path("runs") / choice.name
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(out) if out is not None else Path(runs.resolve_run_dir(None))
+    recorded = runs.recorded_profile(run_dir)
+    if profile is None and recorded is not None:
+        choice = ProfileChoice(recorded, f"the profile {run_dir} was made with")
+    else:
+        choice = detect_profile(profile)
+    try:
+        runs.resolve_profile(run_dir, choice.name)
+    except runs.ProfileMismatch as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(f"profile: {choice.name} ({choice.reason})")
     print(f"run folder: {run_dir}")
     # Build every config and import every stage before running any, so a bad override or a
@@ -228,7 +239,8 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         help="hardware profile (default: detected; see `rlhf-course profile`)",
     )
     run.add_argument(
-        "--out", metavar="RUN_DIR", default=None, help="run folder (default: runs/PROFILE)"
+        "--out", metavar="RUN_DIR", default=None,
+        help=f"run folder (default: {runs.DEFAULT_RUN_DIR} at the repo root, or ${runs.RUN_DIR_ENV})"
     )
     run.add_argument(
         "--stages",

@@ -397,3 +397,82 @@ def colab_run_dir(run_dir: str | os.PathLike, drive: bool = True) -> str:
     target = Path(DRIVE_MOUNT) / DRIVE_FOLDER / run_dir
     target.mkdir(parents=True, exist_ok=True)
     return str(target)
+
+
+# --- the course's run folder and its profile ------------------------------------------------
+
+RUN_DIR_ENV = "RLHF_COURSE_RUN_DIR"
+"""Environment variable naming the run folder that notebooks and the CLI use by default."""
+DEFAULT_RUN_DIR = "runs/course"
+"""The default run folder, relative to the course's root (the folder holding `notebooks/`)."""
+PROFILE_FILE = "profile.json"
+"""RUN_DIR/profile.json: the profile the run was made with, written by its first stage."""
+
+
+class ProfileMismatch(ValueError):
+    """A notebook or CLI run asked for a profile other than the one its run folder was made with."""
+
+
+def course_root(start: str | os.PathLike | None = None) -> Path | None:
+    """The checkout this course runs from: the nearest folder at or above `start` (default: the
+    working directory) holding `pyproject.toml`, `notebooks/` and `rlhf_course/`; None outside a
+    checkout (Colab, where the package is installed from git and no clone exists)."""
+    here = Path(start if start is not None else os.getcwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "pyproject.toml").is_file() and (folder / "notebooks").is_dir() \
+                and (folder / "rlhf_course").is_dir():
+            return folder
+    return None
+
+
+def resolve_run_dir(run_dir: str | os.PathLike | None = None, start: str | os.PathLike | None = None) -> str:
+    """The run folder to use, the same whether a notebook (working directory `notebooks/`) or
+    the CLI (the repo root) asks: `run_dir`, or else `$RLHF_COURSE_RUN_DIR`, or else
+    `DEFAULT_RUN_DIR`; a relative path is taken from the course's root (`course_root`), so
+    `bash scripts/course.sh` and every notebook meet in `<root>/runs/course`. Outside a
+    checkout a relative path stays relative (on Colab `colab_run_dir` then puts it in Drive)."""
+    chosen = run_dir if run_dir is not None else os.environ.get(RUN_DIR_ENV) or DEFAULT_RUN_DIR
+    path = Path(chosen).expanduser()
+    if path.is_absolute():
+        return str(path)
+    root = course_root(start)
+    return str(root / path) if root is not None else str(path)
+
+
+def recorded_profile(run_dir: str | os.PathLike) -> str | None:
+    """The profile `run_dir` was made with: RUN_DIR/profile.json, or for a run made before that
+    file existed, the first profile its report.json names; None for a new run."""
+    path = Path(run_dir) / PROFILE_FILE
+    if path.exists():
+        return _read_json(path, "the run's profile")["profile"]
+    return _recorded_profile(run_dir)
+
+
+def resolve_profile(run_dir: str | os.PathLike, profile: str | None = None) -> str:
+    """The profile a notebook or CLI run on `run_dir` uses, recorded in RUN_DIR/profile.json the
+    first time so that every later stage uses the same one.
+
+    `profile=None` takes the run's recorded profile, or for a new run detects one (cpu here, t4
+    on a Colab T4, a100 on an A100). A named profile must match the recorded one: a run folder
+    whose stages mixed a tiny cpu model with a t4 one would give numbers that mean nothing, so
+    a mismatch raises `ProfileMismatch` saying which profile the run has and what to do.
+    """
+    from rlhf_course.hardware import check_profile, detect_profile
+
+    recorded = recorded_profile(run_dir)
+    if profile is not None:
+        check_profile(profile)
+        if recorded is not None and profile != recorded:
+            raise ProfileMismatch(
+                f"{run_dir} was made with profile {recorded!r}, and this asks for {profile!r}. "
+                f"To go on with that run, use profile={recorded!r} or profile=None (it then "
+                f"takes the run's). For a {profile} run, give it a run folder of its own, e.g. "
+                f"run_dir='runs/{profile}'."
+            )
+        chosen = profile
+    else:
+        chosen = recorded or detect_profile().name
+    if not (Path(run_dir) / PROFILE_FILE).exists():
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        _write_json_atomic(Path(run_dir) / PROFILE_FILE, {"profile": chosen})
+    return chosen

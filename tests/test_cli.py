@@ -240,3 +240,19 @@ def test_optional_stages_run_only_when_named(monkeypatch):
     assert "beyond" not in cli.parse_stages(None)
     assert cli.parse_stages(None) == [s for s in cli.STAGES if s != "beyond"]
     assert cli.parse_stages("beyond,ppo") == ["ppo", "beyond"]
+
+
+def test_a_profile_other_than_the_runs_is_refused(tmp_path, capsys):
+    assert run(tmp_path, "--stages", "alpha") == 0
+    assert cli.main(["run", "--profile", "t4", "--out", str(tmp_path), "--stages", "beta"]) == 2
+    assert "made with profile 'cpu'" in capsys.readouterr().err
+    assert [name for name, _ in CALLS] == ["alpha"]  # nothing ran into the cpu run
+    # Without --profile, the run's own is taken.
+    assert cli.main(["run", "--out", str(tmp_path), "--stages", "beta"]) == 0
+    assert json.loads((tmp_path / "report.json").read_text())["beta"]["profile"] == "cpu"
+
+
+def test_the_default_run_folder_is_the_notebooks(tmp_path, monkeypatch):
+    monkeypatch.setenv(runs.RUN_DIR_ENV, str(tmp_path / "course"))
+    assert cli.main(["run", "--profile", "cpu", "--stages", "alpha"]) == 0
+    assert (tmp_path / "course" / "report.json").exists()

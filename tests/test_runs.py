@@ -250,3 +250,71 @@ def test_every_public_function_has_a_docstring():
             and getattr(obj, "__module__", "") == runs.__name__
         ):
             assert obj.__doc__, f"runs.{name} has no docstring"
+
+
+# --- the course's run folder and its profile ----------------------------------------------------
+
+
+def _fake_checkout(root):
+    (root / "notebooks").mkdir(parents=True)
+    (root / "rlhf_course").mkdir()
+    (root / "pyproject.toml").write_text("[project]\nname = 'rlhf-course'\n")
+    return root
+
+
+def test_run_dir_is_the_same_from_the_notebooks_folder_and_the_root(tmp_path, monkeypatch):
+    root = _fake_checkout(tmp_path / "course")
+    monkeypatch.delenv(runs.RUN_DIR_ENV, raising=False)
+    expected = str(root.resolve() / "runs" / "course")
+    assert runs.resolve_run_dir(None, start=root / "notebooks") == expected
+    assert runs.resolve_run_dir(None, start=root) == expected
+    # A relative run folder of the learner's own is taken from the root too.
+    assert runs.resolve_run_dir("runs/mine", start=root / "notebooks") == str(root.resolve() / "runs" / "mine")
+    assert runs.resolve_run_dir(str(tmp_path / "abs"), start=root) == str(tmp_path / "abs")
+
+
+def test_run_dir_env_var_points_everything_at_a_prepared_run(tmp_path, monkeypatch):
+    root = _fake_checkout(tmp_path / "course")
+    monkeypatch.setenv(runs.RUN_DIR_ENV, str(tmp_path / "workshop"))
+    assert runs.resolve_run_dir(None, start=root / "notebooks") == str(tmp_path / "workshop")
+    assert runs.resolve_run_dir("runs/x", start=root) == str(root.resolve() / "runs" / "x")  # an explicit one wins
+
+
+def test_outside_a_checkout_the_run_dir_stays_relative(tmp_path, monkeypatch):
+    # As on Colab, where the package comes from git and colab_run_dir then moves it into Drive.
+    monkeypatch.delenv(runs.RUN_DIR_ENV, raising=False)
+    (tmp_path / "pyproject.toml").write_text("")  # not a checkout: no notebooks/ nor rlhf_course/
+    assert runs.course_root(tmp_path) is None
+    assert runs.resolve_run_dir(None, start=tmp_path) == "runs/course"
+
+
+def test_profile_is_detected_recorded_and_reused(tmp_path, monkeypatch):
+    import rlhf_course.hardware as hardware
+
+    monkeypatch.setattr(hardware, "detect_profile", lambda override=None: hardware.ProfileChoice("t4", "fake T4"))
+    run = tmp_path / "run"
+    assert runs.recorded_profile(run) is None
+    assert runs.resolve_profile(run) == "t4"  # a new run: detected, then recorded
+    assert json.loads((run / runs.PROFILE_FILE).read_text()) == {"profile": "t4"}
+    monkeypatch.setattr(hardware, "detect_profile", lambda override=None: hardware.ProfileChoice("cpu", "no GPU"))
+    assert runs.resolve_profile(run) == "t4"  # a later notebook keeps the run's, whatever it detects
+    assert runs.resolve_profile(run, "t4") == "t4"
+
+
+def test_a_profile_other_than_the_runs_is_refused_with_what_to_do(tmp_path):
+    run = tmp_path / "run"
+    assert runs.resolve_profile(run, "cpu") == "cpu"
+    with pytest.raises(runs.ProfileMismatch) as info:
+        runs.resolve_profile(run, "t4")
+    message = str(info.value)
+    assert "'cpu'" in message and "'t4'" in message and "profile=None" in message
+    assert json.loads((run / runs.PROFILE_FILE).read_text()) == {"profile": "cpu"}  # unchanged
+    with pytest.raises(ValueError, match="unknown profile"):
+        runs.resolve_profile(tmp_path / "other", "tpu")
+
+
+def test_a_run_made_before_profile_json_keeps_its_reported_profile(tmp_path):
+    update_report(tmp_path, "base", {"gold": 0.2, "profile": "cpu"})
+    assert runs.recorded_profile(tmp_path) == "cpu"
+    with pytest.raises(runs.ProfileMismatch):
+        runs.resolve_profile(tmp_path, "a100")
