@@ -34,6 +34,7 @@ from typing import Any, Protocol
 
 import ipywidgets as widgets
 import torch
+from transformers import DynamicCache
 
 from rlhf_course.feedback import FEEDBACK, append_feedback, feedback_record
 from rlhf_course.generation import encode_prompts
@@ -127,12 +128,12 @@ def _sample_stream(model, input_ids: torch.Tensor, max_new_tokens: int, temperat
     prompt_len = input_ids.shape[1]
     mask = torch.ones(1, prompt_len + max_new_tokens, dtype=torch.long, device=input_ids.device)
     positions = torch.arange(prompt_len, device=input_ids.device)[None]
-    tokens, cache = input_ids, None
+    # Filled in place by each call; `cache=` needs transformers >= 5.24, as in `sample_tokens`.
+    tokens, cache = input_ids, DynamicCache(config=model.config)
     for i in range(max_new_tokens):
         with torch.no_grad():
             step = model(input_ids=tokens, attention_mask=mask[:, : prompt_len + i], position_ids=positions,
-                         past_key_values=cache, use_cache=True, logits_to_keep=1)
-        cache = step.past_key_values
+                         cache=cache, use_cache=True, logits_to_keep=1)
         logits = step.logits[:, -1].float()
         if temperature == 0:
             nxt = logits.argmax(-1)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 from tqdm.auto import tqdm
+from transformers import DynamicCache
 
 
 @torch.no_grad()
@@ -39,7 +40,9 @@ def sample_tokens(
     mask = torch.cat([attention_mask, attention_mask.new_ones(batch, max_new_tokens)], dim=1)
     out = torch.full((batch, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
-    tokens, cache = input_ids, None
+    # The keys/values of every layer, grown in place by each call. The `cache=` argument needs
+    # transformers >= 5.24 (older ones call it `past_key_values`, which 5.24 deprecates).
+    tokens, cache = input_ids, DynamicCache(config=model.config)
     for i in range(max_new_tokens):
         # The first call reads the whole prompt (prefill); later calls read one token each and
         # attend to the cached keys/values instead of recomputing them.
@@ -47,11 +50,10 @@ def sample_tokens(
             input_ids=tokens,
             attention_mask=mask[:, : prompt_len + i],
             position_ids=positions,
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
             logits_to_keep=1,
         )
-        cache = step.past_key_values
         logits = step.logits[:, -1].float()  # (B, V)
         if temperature == 0:
             nxt = logits.argmax(-1)

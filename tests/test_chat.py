@@ -10,12 +10,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 from _corpus import synthetic_corpus
+from test_generation import PROMPTS, run_quietly, tiny_llama
+from transformers import LlamaConfig
 
 from rlhf_course.chat import (
     ChatState,
     ChatWidget,
     Message,
     RunModels,
+    _sample_stream,
     add_user_message,
     available_stages,
     clear,
@@ -60,26 +63,29 @@ def babbler(tokenizer):
 
 class Scripted(torch.nn.Module):
     """A stand-in causal LM that writes `text` and its end token, whatever the prompt, through
-    the same call interface (KV cache, logits) as a transformers model."""
+    the same call interface (a KV cache it appends to, logits) as a transformers model."""
 
     def __init__(self, tokenizer, text: str, context: int = 256):
         super().__init__()
         self.ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         self.vocab = len(tokenizer)
-        self.config = SimpleNamespace(max_position_embeddings=context)
+        self.config = LlamaConfig(num_hidden_layers=1, max_position_embeddings=context)
         self.weight = torch.nn.Parameter(torch.zeros(1))
         self.prompts: list[list[int]] = []
         self.fail = False
 
-    def forward(self, input_ids, past_key_values=None, **kwargs):
-        if past_key_values is None:
+    def forward(self, input_ids, cache, **kwargs):
+        if cache.get_seq_length() == 0:  # an empty cache: this call reads the prompt
             if self.fail:
                 raise RuntimeError("model fell over")
             self.prompts.append(input_ids[0].tolist())
-        step = past_key_values or 0
+            self.step = 0
+        seen = torch.zeros(input_ids.shape[0], 1, input_ids.shape[1], 1)
+        cache.update(seen, seen, layer_idx=0)
         logits = torch.full((input_ids.shape[0], 1, self.vocab), -1e4)
-        logits[:, -1, self.ids[min(step, len(self.ids) - 1)]] = 0.0
-        return SimpleNamespace(logits=logits, past_key_values=step + 1)
+        logits[:, -1, self.ids[min(self.step, len(self.ids) - 1)]] = 0.0
+        self.step += 1
+        return SimpleNamespace(logits=logits)
 
 
 @dataclass(frozen=True)
@@ -159,6 +165,27 @@ def test_stream_leaves_training_mode_and_refuses_bad_every(tokenizer, babbler):
     babbler.eval()
     with pytest.raises(ValueError, match="every"):
         list(stream_reply(babbler, tokenizer, ask("q"), 4, 1.0, 0, every=0))
+
+
+# What `_sample_stream` yielded for the tiny model's third prompt before it moved from
+# `past_key_values=` to `cache=`: the chat must keep giving the replies it gave.
+SAVED_STREAM = {(0.0, 0): [29, 40, 47, 29, 29, 29, 11, 43, 8, 13, 36, 36],
+                (1.0, 3): [1, 8, 13, 6, 26, 13, 44, 8, 21, 45, 34, 40]}
+
+
+@pytest.mark.parametrize("temperature,seed", list(SAVED_STREAM))
+def test_sample_stream_reproduces_the_saved_ids(temperature, seed):
+    ids = torch.tensor([PROMPTS[2]])
+    tokens = list(_sample_stream(tiny_llama(), ids, 12, temperature, torch.Generator().manual_seed(seed)))
+    assert tokens == SAVED_STREAM[temperature, seed]
+
+
+def test_streaming_raises_no_warning(tokenizer, babbler):
+    caught, logged = run_quietly(lambda: [
+        list(stream_reply(babbler, tokenizer, ask("When was Ada Lovelace born?"), 8, t, seed=0))
+        for t in (0.0, 1.0)
+    ])
+    assert caught == [] and logged == []
 
 
 # --------------------------------------------------------------------------- fitting the context
