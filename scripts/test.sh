@@ -4,7 +4,9 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-bash scripts/setup.sh
+# --dev: the test tools (pytest, playwright, ruff) on top of the course's notebook tools; after a
+# learner's plain setup.sh this installs just what is missing, afterwards it skips pip.
+bash scripts/setup.sh --dev
 export MPLBACKEND=agg
 # Temporary files inside the repo (.tmp/ is git-ignored): run folders stay inspectable after a
 # failure, and machines with a small or shared /tmp are not a problem.
