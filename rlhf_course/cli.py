@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import shutil
 import sys
 import typing
 from collections.abc import Callable, Sequence
@@ -146,6 +147,8 @@ def run_stages(
     entries, so rerunning from it is enough.
     """
     run_dir = Path(out) if out is not None else Path(runs.resolve_run_dir(None))
+    # resolve_profile below creates the folder; a run that then finishes no stage removes it again.
+    new_folder = not run_dir.exists()
     recorded = runs.recorded_profile(run_dir)
     if profile is None and recorded is not None:
         choice = ProfileChoice(recorded, f"the profile {run_dir} was made with")
@@ -158,39 +161,58 @@ def run_stages(
         return 2
     print(f"profile: {choice.name} ({choice.reason})")
     print(f"run folder: {run_dir}")
-    # Build every config and import every stage before running any, so a bad override or a
-    # broken import fails now rather than after the earlier stages' minutes of training.
-    plan = []
-    for stage in stages:
-        stage_overrides = dict((overrides or {}).get(stage, {}))
-        if seed is not None:
-            stage_overrides["seed"] = seed
-        cfg = load_config_class(stage).preset(choice.name, **stage_overrides)
-        plan.append((stage, cfg, load_stage(stage)))
     done: list[str] = []
-    for i, (stage, cfg, fn) in enumerate(plan, 1):
-        print(f"\n== stage {i}/{len(stages)}: {stage} ({STAGES[stage]})", flush=True)
-        try:
-            with runs.StageTimer() as timer:
-                result = fn(cfg, run_dir)
-        except (runs.MissingStageOutput, runs.CorruptRunFile, runs.StageStopped) as err:
-            verb = "stopped" if isinstance(err, runs.StageStopped) else "cannot run"
-            print(f"\nerror: stage {stage!r} {verb}:\n{err}", file=sys.stderr)
-            _print_summary(run_dir, done)
-            return 1
-        entry = _as_entry(stage, result)
-        # A stage may time itself more precisely (excluding, say, dataset download); keep its own.
-        entry.setdefault("seconds", round(timer.seconds, 1))
-        entry.setdefault("peak_rss_mb", round(runs.peak_rss_mb(), 1))
-        entry.setdefault("profile", choice.name)
-        if hasattr(cfg, "seed"):
-            entry.setdefault("seed", cfg.seed)
-        runs.update_report(run_dir, stage, entry, replace=True)
-        done.append(stage)
-        # The next stage starts from what this one freed, not from its high-water mark.
-        runs.release_memory()
+    try:
+        # Build every config and import every stage before running any, so a bad override or a
+        # broken import fails now rather than after the earlier stages' minutes of training.
+        plan = []
+        for stage in stages:
+            stage_overrides = dict((overrides or {}).get(stage, {}))
+            if seed is not None:
+                stage_overrides["seed"] = seed
+            cfg = load_config_class(stage).preset(choice.name, **stage_overrides)
+            plan.append((stage, cfg, load_stage(stage)))
+        for i, (stage, cfg, fn) in enumerate(plan, 1):
+            print(f"\n== stage {i}/{len(stages)}: {stage} ({STAGES[stage]})", flush=True)
+            try:
+                with runs.StageTimer() as timer:
+                    result = fn(cfg, run_dir)
+            except (runs.MissingStageOutput, runs.CorruptRunFile, runs.StageStopped) as err:
+                verb = "stopped" if isinstance(err, runs.StageStopped) else "cannot run"
+                print(f"\nerror: stage {stage!r} {verb}:\n{err}", file=sys.stderr)
+                removed = new_folder and not done and _remove_unused_run_dir(run_dir)
+                _print_summary(run_dir, done, removed)
+                return 1
+            entry = _as_entry(stage, result)
+            # A stage may time itself more precisely (excluding, say, dataset download); keep its own.
+            entry.setdefault("seconds", round(timer.seconds, 1))
+            entry.setdefault("peak_rss_mb", round(runs.peak_rss_mb(), 1))
+            entry.setdefault("profile", choice.name)
+            if hasattr(cfg, "seed"):
+                entry.setdefault("seed", cfg.seed)
+            runs.update_report(run_dir, stage, entry, replace=True)
+            done.append(stage)
+            # The next stage starts from what this one freed, not from its high-water mark.
+            runs.release_memory()
+    finally:
+        # Any other error (a bad override, a stage's bug) must not leave the new folder behind either.
+        if new_folder and not done and run_dir.exists():
+            _remove_unused_run_dir(run_dir)
     _print_summary(run_dir, done)
     return 0
+
+
+def _remove_unused_run_dir(run_dir: Path) -> bool:
+    """Remove a run folder this command created when it holds nothing but the profile record and
+    empty folders (a stage that failed before writing anything); returns whether it did.
+
+    A failed stage that wrote something (a stopped PPO's checkpoints, say) keeps the folder, so
+    rerunning can resume from it."""
+    written = [p for p in run_dir.rglob("*") if not p.is_dir() and p != run_dir / runs.PROFILE_FILE]
+    if written:
+        return False
+    shutil.rmtree(run_dir)
+    return True
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> int:
@@ -307,7 +329,9 @@ def _as_entry(stage: str, result: Any) -> dict[str, Any]:
     return dict(result)
 
 
-def _print_summary(run_dir: Path, stages: Sequence[str]) -> None:
+def _print_summary(run_dir: Path, stages: Sequence[str], removed: bool = False) -> None:
+    """The figures and cost of each finished stage, then where the report is; `removed` says the
+    run folder was created and removed again by this command."""
     report = runs.read_report(run_dir)
     print("\nsummary")
     for stage in stages:
@@ -325,7 +349,13 @@ def _print_summary(run_dir: Path, stages: Sequence[str]) -> None:
         print(f"  {stage:<12} {cost[0]} {cost[1]}  {'  '.join(figures)}")
     if not stages:
         print("  no stage finished")
-    print(f"report: {run_dir / runs.REPORT_NAME}")
+    report_path = run_dir / runs.REPORT_NAME
+    if report_path.exists():
+        print(f"report: {report_path}")
+    elif removed:
+        print(f"no report: nothing was written, so the new run folder {run_dir} was removed again")
+    else:
+        print(f"no report: {report_path} was not written, as no stage finished")
 
 
 if __name__ == "__main__":

@@ -256,3 +256,50 @@ def test_the_default_run_folder_is_the_notebooks(tmp_path, monkeypatch):
     monkeypatch.setenv(runs.RUN_DIR_ENV, str(tmp_path / "course"))
     assert cli.main(["run", "--profile", "cpu", "--stages", "alpha"]) == 0
     assert (tmp_path / "course" / "report.json").exists()
+
+
+def report_lines(out: str) -> list[str]:
+    return [line for line in out.splitlines() if line.startswith("report:")]
+
+
+def test_a_run_that_finishes_no_stage_removes_the_folder_it_created(tmp_path, capsys):
+    new = tmp_path / "fresh"
+    assert run(new, "--stages", "beta") == 1  # beta's input, alpha's model, is missing
+    captured = capsys.readouterr()
+    assert "stage 'alpha'" in captured.err  # the error still says what to run
+    assert not new.exists()  # its profile.json went with it
+    assert report_lines(captured.out) == []  # no path to a report that does not exist
+    assert f"the new run folder {new} was removed" in captured.out
+    # The same failure in a folder that was already there leaves the folder alone.
+    assert run(tmp_path, "--stages", "beta") == 1
+    out = capsys.readouterr().out
+    assert tmp_path.is_dir() and report_lines(out) == [] and "was not written" in out
+
+
+def test_a_new_folder_goes_on_any_error_before_a_stage_finishes(tmp_path):
+    new = tmp_path / "fresh"
+    with pytest.raises(TypeError, match="must return a dict"):
+        run(new, "--stages", "gamma")
+    assert not new.exists()
+
+
+def fake_delta_after_writing(cfg, run_dir):
+    """Stops itself after saving a checkpoint, as a stopped stage may."""
+    (runs.stage_dir(run_dir, "delta") / "checkpoint.txt").write_text("step 3")
+    raise runs.StageStopped("stopped at step 3: the loss is nan; the checkpoint is kept")
+
+
+def test_a_new_folder_that_holds_what_a_failed_stage_wrote_is_kept(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(cli.STAGES, "delta", f"{__name__}:fake_delta_after_writing")
+    new = tmp_path / "fresh"
+    assert run(new, "--stages", "delta") == 1
+    assert (new / "delta" / "checkpoint.txt").read_text() == "step 3"
+    assert runs.recorded_profile(new) == "cpu"  # so that a rerun resumes on the same profile
+    assert report_lines(capsys.readouterr().out) == []
+
+
+def test_a_run_that_finishes_a_stage_then_fails_keeps_its_folder_and_report(tmp_path, capsys):
+    new = tmp_path / "fresh"
+    assert run(new, "--stages", "alpha,delta") == 1
+    (line,) = report_lines(capsys.readouterr().out)
+    assert line == f"report: {new / 'report.json'}" and (new / "report.json").exists()
