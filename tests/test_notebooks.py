@@ -270,7 +270,53 @@ def test_notebook_installs_on_colabs_torch_and_keeps_its_run_on_drive(path):
     assert "torch" not in install.split("%pip install", 1)[1]
     deps = tomllib.loads((NOTEBOOKS.parent / "pyproject.toml").read_text())["project"]["dependencies"]
     assert [d for d in deps if d.startswith("torch")] == ["torch>=2.4"]
-    if path.name.startswith("00_"):
-        return  # the welcome notebook writes nothing
     tagged = next(i for i, c in enumerate(code) if "run_dir =" in c and "drive = True" in c)
-    assert "run_dir = colab_run_dir(run_dir, drive)" in code[tagged + 1]
+    assert "run_dir = colab_run_dir(resolve_run_dir(run_dir), drive)" in code[tagged + 1]
+
+
+@pytest.mark.parametrize("path", [NOTEBOOKS / n for n in TESTED], ids=lambda p: p.stem)
+def test_notebook_takes_the_runs_profile_and_the_course_run_folder(path):
+    """Every notebook's defaults are the course's: the run's profile (detected for a new run, on
+    a T4 as on a laptop) and the shared run folder, both resolved right after the parameters."""
+    nb = json.loads(path.read_text())
+    cells = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    params = next(i for i, c in enumerate(cells) if "parameters" in c.get("metadata", {}).get("tags", []))
+    lines = "".join(cells[params]["source"]).splitlines()
+    assert any(line.startswith("profile = None  #") for line in lines)
+    assert any(line.startswith("run_dir = None  #") for line in lines)
+    assert "profile = resolve_profile(run_dir, profile)" in "".join(cells[params + 1]["source"])
+
+
+@pytest.mark.slow
+def test_06_alone_finds_the_run_course_sh_prepared(tmp_path, monkeypatch):
+    """An instructor runs `bash scripts/course.sh` before a workshop; a learner then opens
+    notebook 06 and runs it with no path given. Here in a stand-in checkout, with the tiny run
+    of tests/_runs.py where course.sh writes, and PPO cut to 2 steps (its `steps` parameter)."""
+    import re
+    import shutil
+
+    import papermill
+    from _runs import tiny_run
+
+    from rlhf_course import runs
+
+    course_sh = (NOTEBOOKS.parent / "scripts" / "course.sh").read_text()
+    out = re.search(r"rlhf-course run .*--out (\S+)", course_sh).group(1)
+    assert out == runs.DEFAULT_RUN_DIR  # course.sh runs from the repo root into the notebooks' folder
+
+    checkout = tmp_path / "checkout"
+    (checkout / "notebooks").mkdir(parents=True)
+    (checkout / "rlhf_course").mkdir()
+    shutil.copy(NOTEBOOKS.parent / "pyproject.toml", checkout)
+    shutil.copy(NOTEBOOKS / "06_ppo.ipynb", checkout / "notebooks")
+    prepared = tiny_run(checkout / out)
+    monkeypatch.delenv(runs.RUN_DIR_ENV, raising=False)
+    papermill.execute_notebook(
+        str(checkout / "notebooks" / "06_ppo.ipynb"), str(tmp_path / "06_ppo.ipynb"),
+        parameters={"profile": "cpu", "steps": 2}, kernel_name="python3",
+        cwd=str(checkout / "notebooks"), progress_bar=False,
+    )
+    assert read_metrics(prepared, "06_ppo")["train_steps"] == 2
+    assert (prepared / "ppo" / "model" / "model.safetensors").exists()
+    assert json.loads((prepared / "profile.json").read_text()) == {"profile": "cpu"}
+    assert not (checkout / "notebooks" / "runs").exists()  # nothing written beside the notebook
