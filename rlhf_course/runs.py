@@ -63,15 +63,59 @@ def stage_dir(run_dir: str | os.PathLike, stage: str) -> Path:
     return path
 
 
-def run_command(run_dir: str | os.PathLike, stage: str, profile: str | None = None) -> str:
-    """The shell command that (re)produces `stage` in `run_dir`.
+STAGE_INPUTS: dict[str, tuple[str, ...]] = {
+    "base": (), "demos": (), "sft": ("base", "demos"), "comparisons": ("sft",), "rm": ("comparisons",),
+    "ppo": ("rm",), "iterate": ("ppo",), "eval": ("ppo",), "moderation": (), "beyond": ("rm",),
+}
+"""Every stage, in course order, with the stages whose outputs it reads (the rest follow: `rm`
+needs `comparisons`, which needs `sft`, ...). `cli.STAGES` runs the same stages in this order."""
 
-    Without `profile`, the one recorded in report.json is used; if none is recorded the
+STAGE_NOTEBOOKS = {
+    "base": "01_base_model.ipynb", "demos": "02_demonstrations.ipynb", "sft": "03_sft.ipynb",
+    "comparisons": "04_comparisons.ipynb", "rm": "05_reward_model.ipynb", "ppo": "06_ppo.ipynb",
+    "iterate": "07_iterate.ipynb", "eval": "08_eval.ipynb", "moderation": "09_chat.ipynb",
+    "beyond": "10_beyond.ipynb",
+}
+"""The notebook that runs each stage."""
+
+
+def stages_to_run(run_dir: str | os.PathLike, stage: str) -> list[str]:
+    """`stage` and every stage it needs that `run_dir` has not finished (no report.json entry),
+    in course order: what one CLI command must run to produce `stage`'s outputs."""
+    try:
+        finished = set(read_report(run_dir))
+    except (OSError, CorruptRunFile):
+        finished = set()
+    wanted, todo = {stage}, [stage]
+    while todo:
+        for needed in STAGE_INPUTS.get(todo.pop(), ()):
+            if needed not in finished and needed not in wanted:
+                wanted.add(needed)
+                todo.append(needed)
+    return [s for s in STAGE_INPUTS if s in wanted] + sorted(wanted - set(STAGE_INPUTS))
+
+
+def _shown(run_dir: str | os.PathLike) -> str:
+    # A run folder inside the checkout is shown relative to its root, so the printed command
+    # works when pasted there (the README's commands all run from the root).
+    path = Path(run_dir)
+    root = course_root()
+    if path.is_absolute() and root is not None:
+        with contextlib.suppress(ValueError):
+            return str(path.resolve().relative_to(root))
+    return str(path)
+
+
+def run_command(run_dir: str | os.PathLike, stage: str | list[str], profile: str | None = None) -> str:
+    """The shell command, from the repo root, that (re)produces `stage` (or stages) in `run_dir`.
+
+    Without `profile`, the one recorded for the run is used; if none is recorded the
     `--profile` flag is left out, so the CLI detects it as it would for a fresh run.
     """
+    stages = ",".join([stage] if isinstance(stage, str) else stage)
     profile = profile or _recorded_profile(run_dir)
     flag = f"--profile {profile} " if profile else ""
-    return f"rlhf-course run {flag}--out {shlex.quote(str(run_dir))} --stages {stage}"
+    return f"rlhf-course run {flag}--out {shlex.quote(_shown(run_dir))} --stages {stages}"
 
 
 def require(
@@ -79,18 +123,30 @@ def require(
 ) -> Path:
     """Return `RUN_DIR/<stage>/<relpath>` if it exists, else raise `MissingStageOutput`.
 
-    The error names the missing path, the stage that produces it and the command that runs that
-    stage. A stage function passes `profile=cfg.profile` so the command is exact; without it the
-    profile recorded in report.json is used, or the flag is left out (the CLI then detects it).
+    The error names the missing path, the stage that produces it and its notebook, and one
+    command, from the repo root, that runs that stage and every stage before it that the run
+    has not finished. A stage function passes `profile=cfg.profile` so the command is exact;
+    without it the run's recorded profile is used, or the flag is left out (the CLI detects it).
     """
     path = Path(run_dir) / stage / relpath
     if path.exists():
         return path
     where = "the run folder itself does not exist" if not Path(run_dir).exists() else "not found"
+    chain = stages_to_run(run_dir, stage)
+    before = [s for s in chain if s != stage]
+    needs = f", which needs {', '.join(before)} first" if before else ""
+    notebook = STAGE_NOTEBOOKS.get(stage)
+    first = STAGE_NOTEBOOKS.get(chain[0])
+    if notebook and first and first != notebook:
+        instead = f"or run the notebooks from {first} to {notebook}, in order, with this run folder."
+    elif notebook:
+        instead = f"or run {notebook} with this run folder."
+    else:
+        instead = "or run that stage's notebook with this run folder."
+    shown = f" (notebook {notebook})" if notebook else ""
     raise MissingStageOutput(
-        f"missing {path} ({where}). It is produced by stage {stage!r}: run\n"
-        f"    {run_command(run_dir, stage, profile)}\n"
-        f"or run that stage's notebook with run_dir={str(run_dir)!r}."
+        f"missing {path} ({where}). It is produced by stage {stage!r}{shown}{needs}. From the "
+        f"repo root, run\n    {run_command(run_dir, chain, profile)}\n{instead}"
     )
 
 
@@ -282,7 +338,9 @@ def _check_name(name: str, what: str) -> str:
 
 
 def _recorded_profile(run_dir: str | os.PathLike) -> str | None:
-    # Best effort: a corrupt or missing report just means we cannot suggest a profile.
+    # Best effort: a corrupt or missing file just means we cannot suggest a profile.
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        return json.loads((Path(run_dir) / PROFILE_FILE).read_text())["profile"]
     try:
         report = read_report(run_dir)
     except (OSError, CorruptRunFile):

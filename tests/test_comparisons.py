@@ -165,10 +165,10 @@ def test_stages_need_their_inputs_and_say_which_stage_makes_them(tmp_path):
     from rlhf_course.runs import MissingStageOutput
 
     cfg = RewardConfig.preset("cpu", **SMALL)
-    with pytest.raises(MissingStageOutput, match="--stages sft"):
+    with pytest.raises(MissingStageOutput, match="--stages base,demos,sft\n"):
         collect_comparisons(cfg, tmp_path, progress=False)
     (tmp_path / "sft" / "model").mkdir(parents=True)
-    with pytest.raises(MissingStageOutput, match="--stages comparisons"):
+    with pytest.raises(MissingStageOutput, match="produced by stage 'comparisons'"):
         train_reward_model(cfg, tmp_path, progress=False)
 
 

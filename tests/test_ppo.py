@@ -194,10 +194,10 @@ def test_the_stage_needs_sft_and_rm(tmp_path):
     from rlhf_course.config import PPOConfig
     from rlhf_course.runs import MissingStageOutput
 
-    with pytest.raises(MissingStageOutput, match="--stages sft"):
+    with pytest.raises(MissingStageOutput, match="--stages base,demos,sft\n"):
         ppo.train_ppo(PPOConfig.preset("cpu"), tmp_path, progress=False)
     (tmp_path / "sft" / "model").mkdir(parents=True)
-    with pytest.raises(MissingStageOutput, match="--stages rm"):
+    with pytest.raises(MissingStageOutput, match="produced by stage 'rm'"):
         ppo.train_ppo(PPOConfig.preset("cpu"), tmp_path, progress=False)
 
 

@@ -3,6 +3,7 @@
 import json
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -318,3 +319,59 @@ def test_a_run_made_before_profile_json_keeps_its_reported_profile(tmp_path):
     assert runs.recorded_profile(tmp_path) == "cpu"
     with pytest.raises(runs.ProfileMismatch):
         runs.resolve_profile(tmp_path, "a100")
+
+
+def test_missing_stage_names_the_whole_chain_and_the_notebooks(tmp_path):
+    run_dir = tmp_path / "run"
+    with pytest.raises(MissingStageOutput) as info:
+        require(run_dir, "rm", "model", profile="cpu")
+    message = str(info.value)
+    assert "(notebook 05_reward_model.ipynb)" in message
+    assert "needs base, demos, sft, comparisons first" in message
+    assert f"rlhf-course run --profile cpu --out {run_dir} --stages base,demos,sft,comparisons,rm" in message
+    assert "from 01_base_model.ipynb to 05_reward_model.ipynb" in message
+    # Stages the run has finished are not run again.
+    for stage in ("base", "demos", "sft"):
+        update_report(run_dir, stage, {"gold": 0.5})
+    with pytest.raises(MissingStageOutput, match="--stages comparisons,rm\n") as info:
+        require(run_dir, "rm", "model", profile="cpu")
+    assert "from 04_comparisons.ipynb to 05_reward_model.ipynb" in str(info.value)
+    assert runs.stages_to_run(run_dir, "moderation") == ["moderation"]  # it needs nothing
+    assert runs.stages_to_run(run_dir, "eval") == ["comparisons", "rm", "ppo", "eval"]
+
+
+def test_the_command_shows_a_run_inside_the_checkout_from_its_root(tmp_path, monkeypatch):
+    root = _fake_checkout(tmp_path / "course")
+    monkeypatch.chdir(root / "notebooks")
+    with pytest.raises(MissingStageOutput) as info:
+        require(root / "runs" / "course", "base", "model", profile="cpu")
+    assert "rlhf-course run --profile cpu --out runs/course --stages base\n" in str(info.value)
+
+
+def test_stage_order_and_notebooks_cover_the_clis_stages():
+    from rlhf_course import cli
+
+    assert list(runs.STAGE_INPUTS) == list(cli.STAGES)
+    assert set(runs.STAGE_NOTEBOOKS) == set(cli.STAGES)
+    notebooks = Path(__file__).resolve().parent.parent / "notebooks"
+    assert all((notebooks / name).exists() for name in runs.STAGE_NOTEBOOKS.values())
+
+
+def test_the_printed_command_run_from_the_root_fills_the_notebooks_run(tmp_path, monkeypatch):
+    import shlex
+
+    from rlhf_course import cli
+
+    root = _fake_checkout(tmp_path / "course")
+    monkeypatch.delenv(runs.RUN_DIR_ENV, raising=False)
+    monkeypatch.chdir(root / "notebooks")  # notebook 04 opened with no run yet
+    run_dir = runs.resolve_run_dir(None)
+    with pytest.raises(MissingStageOutput) as info:
+        require(run_dir, "sft", "model", profile="cpu")
+    command = next(line.strip() for line in str(info.value).splitlines() if line.strip().startswith("rlhf-course"))
+    seen = {}
+    monkeypatch.setattr(cli, "run_stages", lambda stages, profile, out, *a, **k: seen.update(
+        stages=list(stages), profile=profile, out=Path(out).resolve()) or 0)
+    monkeypatch.chdir(root)  # pasted in a terminal at the repo root, as the message says
+    assert cli.main(shlex.split(command)[1:]) == 0
+    assert seen == {"stages": ["base", "demos", "sft"], "profile": "cpu", "out": Path(run_dir)}
