@@ -1,5 +1,7 @@
 """Course map and the tables notebooks show."""
 
+from pathlib import Path
+
 from rlhf_course.course import COURSE_MAP, course_map_markdown, markdown_table, world_tour
 from rlhf_course.world import FAMILIES, World
 
@@ -20,3 +22,30 @@ def test_markdown_table_escapes_pipes_and_newlines():
     table = markdown_table([{"a": "x|y", "b": "1\n2"}])
     assert "x\\|y" in table and "1 ⏎ 2" in table
     assert markdown_table([]) == "(no rows)"
+
+
+def _colab_links():
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "colab_links.py"
+    spec = importlib.util.spec_from_file_location("colab_links", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_badges_readme_table_and_install_cells_name_the_one_repository(monkeypatch, capsys):
+    links = _colab_links()
+    repo = links.repository()
+    assert repo.startswith("https://github.com/")
+    assert links.main(["--check"]) == 0  # every notebook and the README are as the script writes them
+    notebooks = sorted((links.ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    readme = (links.ROOT / "README.md").read_text()
+    for path in notebooks:
+        text = path.read_text()
+        assert links.colab_url(repo, path.name) in text and f"git+{repo}" in text
+        assert links.colab_url(repo, path.name) in readme
+    # Another address in pyproject.toml makes every one of them stale.
+    monkeypatch.setattr(links, "repository", lambda: "https://github.com/someone-else/fork")
+    assert links.main(["--check"]) == 1
+    assert capsys.readouterr().err.count("stale:") == len(notebooks) + 1
