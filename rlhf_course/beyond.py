@@ -79,7 +79,7 @@ def _train_dpo(cfg: BeyondConfig, run_dir: Path, out: Path, cuda: bool):
                      num_train_epochs=cfg.dpo_epochs, per_device_train_batch_size=cfg.dpo_batch_size,
                      max_length=cfg.max_length)
     trainer = DPOTrainer(model=str(Path(run_dir) / "sft" / "model"), args=args, train_dataset=dataset,
-                         processing_class=tokenizer)
+                         processing_class=tokenizer, callbacks=[_progress_callback()])
     trainer.train()
     return trainer.model, tokenizer, {"pairs": len(dataset)}
 
@@ -115,7 +115,7 @@ def _train_group(method: str, cfg: BeyondConfig, run_dir: Path, out: Path, cuda:
                   top_p=1.0, top_k=0, beta=cfg.kl_beta, epsilon=pcfg.clip_range, learning_rate=cfg.rl_lr,
                   max_grad_norm=pcfg.max_grad_norm, use_vllm=False)
     trainer = Trainer(model=str(Path(run_dir) / "sft" / "model"), reward_funcs=reward, args=args,
-                      train_dataset=dataset, processing_class=tokenizer)
+                      train_dataset=dataset, processing_class=tokenizer, callbacks=[_progress_callback()])
     trainer.train()
     return trainer.model, tokenizer, {"prompts": len(dataset), "num_generations": k}
 
@@ -141,7 +141,8 @@ def train_method(method: str, cfg: BeyondConfig, run_dir) -> dict[str, Any]:
         paths = PPOPaths(run_dir / "sft" / "model", run_dir / "rm", out, cfg.seed + 7919)
         extra = {"replies": pcfg.steps * pcfg.batch_size}
         # evaluate_ppo runs inside train_ppo; its time is not training time, so it is timed apart.
-        result = train_ppo(pcfg, run_dir, progress=False, paths=paths)
+        result = train_ppo(pcfg, run_dir, progress=False, paths=paths,
+                           live_plot=lambda step, _: _report_progress(step, pcfg.steps))
         seconds = time.perf_counter() - started - result["eval_seconds"]
     else:
         train = _train_dpo if method == "dpo" else lambda *a: _train_group(method, *a)
@@ -155,13 +156,55 @@ def train_method(method: str, cfg: BeyondConfig, run_dir) -> dict[str, Any]:
     return record
 
 
-def _run_child(method: str, cfg: BeyondConfig, run_dir: Path) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "rlhf_course.beyond", "--method", method, "--out", str(run_dir),
-           "--profile", cfg.profile, "--config", json.dumps(cfg.to_dict())]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
-    if proc.returncode != 0:
-        raise StageStopped(f"training {method} failed (exit {proc.returncode}); the end of its output:\n"
-                           f"{(proc.stdout + proc.stderr)[-3000:]}")
+PROGRESS = "rlhf-course-progress "
+"""Prefix of the lines a method's child process prints after each training step (then JSON
+`{"step": s, "total": n}`), read by the parent to move its progress bar."""
+
+
+def _report_progress(step: int, total: int) -> None:
+    print(PROGRESS + json.dumps({"step": int(step), "total": int(total)}), flush=True)
+
+
+def _progress_callback():
+    """A TRL/transformers callback that prints a progress line after every optimiser step."""
+    from transformers import TrainerCallback
+
+    class ProgressLines(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            _report_progress(state.global_step, state.max_steps)
+
+    return ProgressLines()
+
+
+def _child_command(method: str, cfg: BeyondConfig, run_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "rlhf_course.beyond", "--method", method, "--out", str(run_dir),
+            "--profile", cfg.profile, "--config", json.dumps(cfg.to_dict())]
+
+
+def _run_child(method: str, cfg: BeyondConfig, run_dir: Path, progress: bool = True) -> dict[str, Any]:
+    """Train `method` in a child process of its own (each method starts from the same clean
+    state, and its peak memory is its own), showing its steps on a progress bar as they come."""
+    from collections import deque
+
+    from tqdm.auto import tqdm
+
+    cmd = _child_command(method, cfg, run_dir)
+    tail: deque[str] = deque(maxlen=60)  # the end of its output, for the error message
+    bar = tqdm(desc=f"training {method}", total=None, disable=not progress, mininterval=0.5)
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                          env={**os.environ, "TQDM_DISABLE": "1"}) as proc:
+        for line in proc.stdout:
+            if line.startswith(PROGRESS):
+                done = json.loads(line[len(PROGRESS):])
+                bar.total = done["total"]
+                bar.update(done["step"] - bar.n)
+            else:
+                tail.append(line)
+        code = proc.wait()
+    bar.close()
+    if code != 0:
+        raise StageStopped(f"training {method} failed (exit {code}); the end of its output:\n"
+                           f"{''.join(tail)[-3000:]}")
     return json.loads((run_dir / "beyond" / method / TRAINED).read_text(encoding="utf-8"))
 
 
@@ -189,7 +232,10 @@ def run_beyond(cfg: BeyondConfig, run_dir, progress: bool = True, on_method=None
         reward_model = load_reward_model(run_dir, cfg.profile)
         for method in methods:
             done = run_dir / "beyond" / method / TRAINED
-            trained = json.loads(done.read_text(encoding="utf-8")) if done.exists() else _run_child(method, cfg, run_dir)
+            if done.exists():
+                trained = json.loads(done.read_text(encoding="utf-8"))
+            else:
+                trained = _run_child(method, cfg, run_dir, progress)
             tokenizer, model = load_checkpoint(run_dir / "beyond" / method / "model", cfg.profile)
             ev = evaluate_ppo(model, ref_model, tokenizer, reward_model, run_dir, pcfg, progress,
                               run_dir / "beyond" / method)

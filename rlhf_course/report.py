@@ -66,6 +66,20 @@ def render_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = No
     return path
 
 
+def inline_report(path: str | os.PathLike, height: int = 900):
+    """The HTML report at `path`, shown inside a notebook's output (JupyterLab, Colab): a framed
+    page of its own, so its styles do not leak into the notebook's. Returns an IPython object."""
+    import html
+
+    from IPython.display import HTML
+
+    page = Path(path).read_text(encoding="utf-8")
+    # Inside a <div>: IPython warns about a bare <iframe> (it suggests IFrame, which needs a URL
+    # the notebook server can serve; a run folder outside notebooks/ has none).
+    return HTML(f'<div><iframe srcdoc="{html.escape(page, quote=True)}" title="the course report" '
+                f'style="width: 100%; height: {int(height)}px; border: 1px solid #ccc;"></iframe></div>')
+
+
 def report_html(report: dict[str, Any], run_dir: str | os.PathLike) -> str:
     """The HTML page of `report` (as read from report.json); `run_dir` appears in the commands
     that the notes of missing sections suggest."""

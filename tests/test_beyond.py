@@ -61,3 +61,55 @@ def test_a_rerun_evaluates_without_training_again(compared):
     again = beyond.run_beyond(BeyondConfig.preset("cpu", **TINY, methods="dpo"), run, progress=False)
     assert (run / "beyond" / "dpo" / beyond.TRAINED).stat().st_mtime_ns == stamp
     assert again["methods"]["dpo"]["gold"] == result["methods"]["dpo"]["gold"]
+
+
+def _fake_child(script: str):
+    import sys
+
+    return lambda method, cfg, run_dir: [sys.executable, "-c", script, str(run_dir)]
+
+
+def test_a_methods_steps_reach_the_progress_bar_as_they_come(tmp_path, monkeypatch):
+    seen = []
+
+    class Bar:  # records what the parent shows, in order
+        def __init__(self, **kwargs):
+            self.n, self.total = 0, None
+
+        def update(self, k):
+            self.n += k
+            seen.append((self.n, self.total))
+
+        def close(self):
+            pass
+
+    script = (
+        "import json, pathlib, sys\n"
+        "print('loading the model...', flush=True)\n"
+        "for s in (1, 2, 3): print('rlhf-course-progress ' + json.dumps({'step': s, 'total': 3}), flush=True)\n"
+        "out = pathlib.Path(sys.argv[1]) / 'beyond' / 'dpo'; out.mkdir(parents=True)\n"
+        "(out / 'trained.json').write_text(json.dumps({'method': 'dpo', 'train_seconds': 1.0}))\n"
+    )
+    monkeypatch.setattr(beyond, "_child_command", _fake_child(script))
+    monkeypatch.setattr("tqdm.auto.tqdm", Bar)
+    record = beyond._run_child("dpo", BeyondConfig.preset("cpu"), tmp_path)
+    assert record == {"method": "dpo", "train_seconds": 1.0}
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_a_failed_method_stops_with_the_end_of_its_output(tmp_path, monkeypatch):
+    from rlhf_course.runs import StageStopped
+
+    script = "import sys\nprint('step one fine', flush=True)\nsys.exit('out of memory in step two')\n"
+    monkeypatch.setattr(beyond, "_child_command", _fake_child(script))
+    with pytest.raises(StageStopped, match=r"(?s)training grpo failed \(exit 1\).*step one fine.*out of memory"):
+        beyond._run_child("grpo", BeyondConfig.preset("cpu"), tmp_path, progress=False)
+
+
+def test_the_child_prints_a_line_per_trl_step(capsys):
+    from types import SimpleNamespace
+
+    callback = beyond._progress_callback()
+    callback.on_step_end(None, SimpleNamespace(global_step=4, max_steps=10), None)
+    line = capsys.readouterr().out
+    assert line.startswith(beyond.PROGRESS) and json.loads(line[len(beyond.PROGRESS):]) == {"step": 4, "total": 10}

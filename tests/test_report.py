@@ -225,3 +225,17 @@ def test_cli_report_without_a_readable_report_exits_1(tmp_path, capsys, content,
     assert "error: cannot write the report" in captured.err and expected in captured.err
     assert "Traceback" not in captured.err
     assert not (run_dir / "report.html").exists()
+
+
+def test_the_report_shows_inline_in_a_frame_of_its_own(tmp_path):
+    import html
+    import re
+
+    run_dir = _write(tmp_path / "run", {"sft": {"gold": 0.3811}})
+    from rlhf_course.report import inline_report
+
+    shown = inline_report(render_report(run_dir), height=500)
+    frame = re.fullmatch(r'<div><iframe srcdoc="(.*)" title="the course report" style="width: 100%; height: 500px; '
+                         r'border: 1px solid #ccc;"></iframe></div>', shown.data, flags=re.S)
+    assert frame is not None and '"' not in frame.group(1)  # the page cannot break out of the attribute
+    assert html.unescape(frame.group(1)) == (run_dir / "report.html").read_text(encoding="utf-8")
