@@ -64,3 +64,44 @@ def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
+
+
+REFERENCES = (
+    (r"\bChatGPT\b", "OpenAI (2022). Introducing ChatGPT.", "https://openai.com/index/chatgpt/"),
+    (r"\bInstructGPT\b|\bOuyang\b", "Ouyang et al. (2022). Training language models to follow instructions "
+     "with human feedback.", "https://arxiv.org/abs/2203.02155"),
+    (r"\bPPO\b", "Schulman et al. (2017). Proximal Policy Optimization Algorithms.",
+     "https://arxiv.org/abs/1707.06347"),
+    (r"\bGAE\b", "Schulman et al. (2015). High-Dimensional Continuous Control Using Generalized Advantage "
+     "Estimation.", "https://arxiv.org/abs/1506.02438"),
+    (r"\bHuang et al\.", "Huang et al. (2024). The N+ Implementation Details of RLHF with PPO: A Case Study "
+     "on TL;DR Summarization.", "https://arxiv.org/abs/2403.17031"),
+    (r"\bGao(,| et al\.)", "Gao, Schulman & Hilton (2022). Scaling Laws for Reward Model Overoptimization.",
+     "https://arxiv.org/abs/2210.10760"),
+    (r"\bDPO\b|\bRafailov\b", "Rafailov et al. (2023). Direct Preference Optimization: Your Language Model "
+     "is Secretly a Reward Model.", "https://arxiv.org/abs/2305.18290"),
+    (r"\bRLOO\b|\bAhmadian\b", "Ahmadian et al. (2024). Back to Basics: Revisiting REINFORCE Style "
+     "Optimization for Learning from Human Feedback in LLMs.", "https://arxiv.org/abs/2402.14740"),
+    (r"\bGRPO\b|\bShao\b", "Shao et al. (2024). DeepSeekMath: Pushing the Limits of Mathematical Reasoning "
+     "in Open Language Models (where GRPO was introduced).", "https://arxiv.org/abs/2402.03300"),
+    (r"\bHH-RLHF\b", "Bai et al. (2022). Training a Helpful and Harmless Assistant with Reinforcement "
+     "Learning from Human Feedback (the HH-RLHF comparisons).", "https://arxiv.org/abs/2204.05862"),
+    (r"\bDolly\b", "Databricks (2023). databricks-dolly-15k.",
+     "https://huggingface.co/datasets/databricks/databricks-dolly-15k"),
+    (r"\bno_robots\b", "Hugging Face H4 (2023). No Robots.", "https://huggingface.co/datasets/HuggingFaceH4/no_robots"),
+    (r"\bOpenAssistant\b", "Köpf et al. (2023). OpenAssistant Conversations: Democratizing Large Language "
+     "Model Alignment.", "https://arxiv.org/abs/2304.07327"),
+)
+"""(pattern, citation, link) of every source the notebooks cite, in the order a references list
+shows them: a notebook whose prose matches a pattern lists that source in its last cell."""
+
+
+def references_markdown(text: str) -> str | None:
+    """The references cell of a notebook whose prose is `text`: a Markdown list of the sources
+    it cites, linked; None if it cites none."""
+    import re
+
+    cited = [(citation, link) for pattern, citation, link in REFERENCES if re.search(pattern, text)]
+    if not cited:
+        return None
+    return "## References\n\n" + "\n".join(f"- [{citation}]({link})" for citation, link in cited)

@@ -24,18 +24,18 @@ def test_markdown_table_escapes_pipes_and_newlines():
     assert markdown_table([]) == "(no rows)"
 
 
-def _colab_links():
+def _notebook_links():
     import importlib.util
 
-    path = Path(__file__).resolve().parent.parent / "scripts" / "colab_links.py"
-    spec = importlib.util.spec_from_file_location("colab_links", path)
+    path = Path(__file__).resolve().parent.parent / "scripts" / "notebook_links.py"
+    spec = importlib.util.spec_from_file_location("notebook_links", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 def test_badges_readme_table_and_install_cells_name_the_one_repository(monkeypatch, capsys):
-    links = _colab_links()
+    links = _notebook_links()
     repo = links.repository()
     assert repo.startswith("https://github.com/")
     assert links.main(["--check"]) == 0  # every notebook and the README are as the script writes them
@@ -49,3 +49,26 @@ def test_badges_readme_table_and_install_cells_name_the_one_repository(monkeypat
     monkeypatch.setattr(links, "repository", lambda: "https://github.com/someone-else/fork")
     assert links.main(["--check"]) == 1
     assert capsys.readouterr().err.count("stale:") == len(notebooks) + 1
+
+
+def test_references_list_what_the_prose_cites_in_a_fixed_order():
+    from rlhf_course.course import references_markdown
+
+    text = references_markdown("GRPO and DPO are newer than PPO; see the ChatGPT post.")
+    lines = text.splitlines()
+    assert lines[0] == "## References"
+    assert [line.split("](")[1] for line in lines[2:]] == [
+        "https://openai.com/index/chatgpt/)", "https://arxiv.org/abs/1707.06347)",
+        "https://arxiv.org/abs/2305.18290)", "https://arxiv.org/abs/2402.03300)"]
+    assert references_markdown("a notebook about tokenizers") is None
+    assert "2210.10760" in references_markdown("as Gao, Schulman & Hilton measured")
+
+
+def test_every_notebook_ends_with_links_to_the_sources_it_cites():
+    import json
+
+    links = _notebook_links()
+    for path in sorted((links.ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        last = json.loads(path.read_text())["cells"][-1]
+        assert last.get("id") == links.REFERENCES_ID, path.name  # every notebook cites ChatGPT or PPO
+        assert "".join(last["source"]).startswith("## References\n\n- [")

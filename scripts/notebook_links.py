@@ -1,11 +1,13 @@
-"""Write the repository's address, kept once in pyproject.toml ([project.urls] Repository), into
-the places a learner meets it: each notebook's install cell and "Open in Colab" badge, and the
-README's table of notebooks.
+"""Keep the notebooks' links in step with their one source each: the repository's address, kept
+once in pyproject.toml ([project.urls] Repository), in each notebook's install cell and "Open in
+Colab" badge and in the README's table of notebooks; and a last "References" cell in each
+notebook linking the sources its prose cites (`rlhf_course.course.REFERENCES`).
 
-    .venv/bin/python scripts/colab_links.py           # rewrite them (after the address changes)
-    .venv/bin/python scripts/colab_links.py --check   # exit 1, naming the files, if any is stale
+    .venv/bin/python scripts/notebook_links.py           # rewrite them (after the address changes)
+    .venv/bin/python scripts/notebook_links.py --check   # exit 1, naming the files, if any is stale
 
-tests/test_course.py runs the check, so a badge cannot point elsewhere than the install cell.
+tests/test_course.py runs the check, so a badge cannot point elsewhere than the install cell and
+a source cited in a notebook cannot go unlinked.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
 INSTALL = re.compile(r'(%pip install -q "rlhf-course @ git\+)[^"]+(")')
 BRANCH = "main"
+REFERENCES_ID = "references"
+"""The cell id of each notebook's references cell, so it is found and replaced, not added twice."""
 
 
 def repository() -> str:
@@ -60,10 +64,24 @@ def update_notebook(path: Path, repo: str) -> str:
         lines.insert(title + 1, "\n")
     lines[title + 2 : title + 2] = [badge(repo, path.name) + "\n", "\n"]
     first["source"] = lines
+    update_references(nb)
     for cell in nb["cells"]:
         if cell["cell_type"] == "code" and "%pip install" in "".join(cell["source"]):
             cell["source"] = [INSTALL.sub(rf"\g<1>{repo}\g<2>", line) for line in _lines(cell["source"])]
     return json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
+
+
+def update_references(nb: dict) -> None:
+    """Make `nb`'s last cell the references of what its Markdown cells cite (or drop it)."""
+    sys.path.insert(0, str(ROOT))
+    from rlhf_course.course import references_markdown
+
+    nb["cells"] = [c for c in nb["cells"] if c.get("id") != REFERENCES_ID]
+    prose = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+    text = references_markdown(prose)
+    if text is not None:
+        nb["cells"].append({"cell_type": "markdown", "id": REFERENCES_ID, "metadata": {},
+                            "source": text.splitlines(keepends=True)})
 
 
 def update_readme(text: str, repo: str) -> str:
@@ -100,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     stale = [p for p, text in wanted.items() if p.read_text(encoding="utf-8") != text]
     if args.check:
         for p in stale:
-            print(f"stale: {p.relative_to(ROOT)} (run scripts/colab_links.py)", file=sys.stderr)
+            print(f"stale: {p.relative_to(ROOT)} (run scripts/notebook_links.py)", file=sys.stderr)
         return 1 if stale else 0
     for p in stale:
         p.write_text(wanted[p], encoding="utf-8")
