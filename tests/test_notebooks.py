@@ -6,6 +6,7 @@ back. The executed copies land in the test's temporary folder (build products, n
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -19,14 +20,33 @@ TESTED = ["00_welcome.ipynb", "01_base_model.ipynb", "02_demonstrations.ipynb", 
           "09_chat.ipynb", "10_beyond.ipynb"]
 
 
+WARNING = re.compile(r"^(?P<file>\S+?):\d+: (?P<kind>\w*Warning): (?P<text>.*)$", re.M)
+
+
+def our_warnings(executed: dict) -> list[str]:
+    """The warnings an executed notebook printed that point at the course's own code or at a
+    notebook cell: a library deprecating a call we make warns at our line (its `stacklevel`),
+    while a library's warning about its own internals points into site-packages."""
+    found = []
+    for cell in executed["cells"]:
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream" and out.get("name") == "stderr":
+                text = "".join(out["text"])
+                for m in WARNING.finditer(text):
+                    if "/rlhf_course/" in m["file"] or "ipykernel_" in m["file"] or "<ipython-input" in m["file"]:
+                        found.append(f"{m['kind']} at {m['file']}: {m['text']}")
+    return found
+
+
 def _execute(name: str, run_dir: Path, tmp_path: Path, **params) -> dict:
     import papermill
 
-    papermill.execute_notebook(
+    executed = papermill.execute_notebook(
         str(NOTEBOOKS / name), str(tmp_path / name),
         parameters={"profile": "cpu", "seed": 0, "run_dir": str(run_dir), **params},
         kernel_name="python3", cwd=str(tmp_path), progress_bar=False,
     )
+    assert our_warnings(executed) == [], name
     return read_metrics(run_dir, name.removesuffix(".ipynb"))
 
 
@@ -320,3 +340,16 @@ def test_06_alone_finds_the_run_course_sh_prepared(tmp_path, monkeypatch):
     assert (prepared / "ppo" / "model" / "model.safetensors").exists()
     assert json.loads((prepared / "profile.json").read_text()) == {"profile": "cpu"}
     assert not (checkout / "notebooks" / "runs").exists()  # nothing written beside the notebook
+
+
+def test_our_warnings_are_those_at_our_code_or_a_cell():
+    def stderr(text):
+        return {"cells": [{"outputs": [{"output_type": "stream", "name": "stderr", "text": [text]}]}]}
+
+    ours = stderr("/x/rlhf_course/generation.py:50: FutureWarning: `past_key_values` is deprecated\n  step = model(\n")
+    assert our_warnings(ours) == ["FutureWarning at /x/rlhf_course/generation.py: `past_key_values` is deprecated"]
+    cell = stderr("/tmp/ipykernel_123/456.py:3: UserWarning: Consider using IPython.display.IFrame instead\n")
+    assert len(our_warnings(cell)) == 1
+    library = stderr("/v/site-packages/torch/utils/data.py:9: UserWarning: a library's own internals\n")
+    assert our_warnings(library) == []
+    assert our_warnings(stderr("training dpo: 100%|####| 4/4\n")) == []
