@@ -6,8 +6,10 @@ Recipe and pitfalls: the notes on browser end-to-end tests (JupyterLab 4, ipywid
 Playwright with /usr/bin/chromium, never `playwright install`).
 """
 
+import importlib.util
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -24,6 +26,7 @@ from rlhf_course.world import World
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
+REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -212,3 +215,87 @@ def test_chat_send_and_rate_in_jupyterlab_survives_a_killed_kernel(chromium, lab
     (record,) = load_feedback(feedback)
     assert record["rating"] == "up" and record["stage"] == "sft"
     assert record["context"][-1] == {"role": "user", "content": message}
+
+
+def _screenshots():
+    """scripts/screenshots.py as a module: its helpers start `scripts/lab.sh` and open notebook
+    04's ranking widget, the same path the README's screenshot takes."""
+    spec = importlib.util.spec_from_file_location("screenshots", REPO / "scripts" / "screenshots.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks its module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+# Typed into a new cell once notebook 04 has run: which Python the kernel is and where it found
+# the package (and its pid, to check that stopping the server stops the kernel too).
+PROBE = "import os, sys, rlhf_course; print(sys.prefix); print(rlhf_course.__file__); print(os.getpid())"
+
+
+def test_lab_sh_opens_notebook_04_with_the_venv_kernel(chromium, tmp_path):
+    """The README's third command: `bash scripts/lab.sh` starts JupyterLab from .venv, notebook
+    04 runs in it against the run folder named by RLHF_COURSE_RUN_DIR, and its ranking widget
+    renders; SIGTERM (Ctrl+C) stops the server and its kernel."""
+    from _runs import tiny_run
+    from playwright.sync_api import expect
+
+    shots = _screenshots()
+    run = tmp_path / "run"
+    run.mkdir()
+    tiny_run(run)
+
+    with shots.lab_server(run, tmp_path / "lab") as lab:
+        page = chromium.new_page()
+        page.set_default_timeout(60_000)
+        widget = shots.open_ranking_widget(page, lab)
+
+        # The widget rendered: the first item's replies as buttons, and its controls.
+        replies = widget.locator("button[class*='rlhf-reply-']")
+        assert replies.count() >= 2
+        for i in range(replies.count()):
+            expect(replies.nth(i)).to_be_visible()
+        for name in ("submit", "reset", "undo"):
+            expect(widget.locator(f"button.rlhf-{name}")).to_be_visible()
+        expect(widget.locator(".rlhf-progress")).to_have_text(re.compile(r"ranked 0 / \d+"))
+        # The cells before it ran in the kernel: the package resolved the tiny run's folder from
+        # the environment lab.sh passed on, and read the profile the run recorded.
+        cells = page.locator(".jp-Notebook")
+        expect(cells).to_contain_text(f"run folder: {run}\nprofile: cpu")
+        expect(cells).to_contain_text("RewardConfig(profile='cpu'")
+
+        # A new cell below: the kernel is .venv's Python, importing this checkout's package.
+        page.keyboard.press("Escape")
+        page.keyboard.press("b")
+        page.keyboard.press("Enter")
+        page.keyboard.type(PROBE)
+        page.keyboard.press("Shift+Enter")
+        probe = page.locator(".jp-Notebook .jp-Cell").filter(has_text="print(os.getpid())")
+        expect(probe.locator(".jp-OutputArea-output")).to_contain_text(str(REPO / ".venv"))
+        prefix, package, pid = probe.locator(".jp-OutputArea-output").inner_text().split()
+        assert prefix == str(REPO / ".venv")
+        assert package == str(REPO / "rlhf_course" / "__init__.py")
+
+        # lab.sh printed where to open the course, token included.
+        printed = f"lab: the course is open at  {lab.url}/lab/tree/00_welcome.ipynb?token={lab.token}"
+        assert printed in lab.log.read_text()
+
+    # Stopped as Ctrl+C stops it: lab.sh forwarded the signal and exited 0 (not killed), the
+    # server shut its kernel down, and it never saved the notebook (no outputs written into
+    # notebooks/; the server logs every save).
+    log = lab.log.read_text()
+    assert lab.proc.returncode == 0, log[-3000:]
+    assert "Kernel shutdown" in log
+    assert "Saving file at" not in log
+    deadline = time.monotonic() + 20
+    while _alive(int(pid)):
+        assert time.monotonic() < deadline, f"kernel {pid} still running after the server stopped"
+        time.sleep(0.2)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this id exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
