@@ -134,7 +134,8 @@ def test_full_report_has_every_section_and_figure(tmp_path):
     assert "&lt;script&gt;alert(&#x27;pwned&#x27;)&lt;/script&gt;" in page
 
 
-def test_report_of_an_early_run_says_what_to_run(tmp_path):
+def test_report_of_an_early_run_says_what_to_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(runs, "course_root", lambda start=None: None)  # as outside a checkout: the path as given
     report = full_report()
     run_dir = _write(tmp_path / "early", {"base": report["base"],
                                           "sft": {**report["sft"], "gold_by_family": {"harmful": 0.4}}})

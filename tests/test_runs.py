@@ -106,7 +106,8 @@ def test_require_returns_an_existing_path(tmp_path):
     assert require(tmp_path, "base", "model") == tmp_path / "base" / "model"
 
 
-def test_require_missing_names_path_stage_and_command(tmp_path):
+def test_require_missing_names_path_stage_and_command(tmp_path, monkeypatch):
+    monkeypatch.setattr(runs, "course_root", lambda start=None: None)  # as outside a checkout: the path as given
     with pytest.raises(MissingStageOutput) as info:
         require(tmp_path, "base", "model", profile="cpu")
     assert isinstance(info.value, FileNotFoundError)
@@ -122,7 +123,8 @@ def test_require_takes_the_profile_from_the_report(tmp_path):
         require(tmp_path, "sft", "model")
 
 
-def test_require_without_a_known_profile_lets_the_cli_detect_it(tmp_path):
+def test_require_without_a_known_profile_lets_the_cli_detect_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(runs, "course_root", lambda start=None: None)  # as outside a checkout: the path as given
     run_dir = tmp_path / "no such run"
     with pytest.raises(MissingStageOutput) as info:
         require(run_dir, "base", "model")
@@ -284,8 +286,9 @@ def test_run_dir_env_var_points_everything_at_a_prepared_run(tmp_path, monkeypat
 def test_outside_a_checkout_the_run_dir_stays_relative(tmp_path, monkeypatch):
     # As on Colab, where the package comes from git and colab_run_dir then moves it into Drive.
     monkeypatch.delenv(runs.RUN_DIR_ENV, raising=False)
-    (tmp_path / "pyproject.toml").write_text("")  # not a checkout: no notebooks/ nor rlhf_course/
-    assert runs.course_root(tmp_path) is None
+    (tmp_path / "pyproject.toml").write_text("")  # not a checkout itself: no notebooks/ nor rlhf_course/
+    assert runs.course_root(tmp_path) != tmp_path.resolve()
+    monkeypatch.setattr(runs, "course_root", lambda start=None: None)
     assert runs.resolve_run_dir(None, start=tmp_path) == "runs/course"
 
 
@@ -321,7 +324,8 @@ def test_a_run_made_before_profile_json_keeps_its_reported_profile(tmp_path):
         runs.resolve_profile(tmp_path, "a100")
 
 
-def test_missing_stage_names_the_whole_chain_and_the_notebooks(tmp_path):
+def test_missing_stage_names_the_whole_chain_and_the_notebooks(tmp_path, monkeypatch):
+    monkeypatch.setattr(runs, "course_root", lambda start=None: None)  # as outside a checkout: the path as given
     run_dir = tmp_path / "run"
     with pytest.raises(MissingStageOutput) as info:
         require(run_dir, "rm", "model", profile="cpu")
