@@ -71,6 +71,26 @@ class Lab:
     proc: subprocess.Popen
 
 
+def wait_until_answering(url: str, token: str, proc: subprocess.Popen, log_path: Path,
+                         timeout: float) -> None:
+    """Return once the Jupyter server at `url` answers its status API; RuntimeError, with the
+    end of its log, if `proc` exits first (e.g. root without --allow-root) or `timeout` seconds
+    pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[:2]} exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"JupyterLab did not answer within {timeout:.0f} s:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.2)
+
+
 @contextmanager
 def lab_server(run_dir: Path, workdir: Path, *, timeout: float = 180.0) -> Iterator[Lab]:
     """`bash scripts/lab.sh` on a free port, its notebooks reading and writing `run_dir`; yields
@@ -99,19 +119,7 @@ def lab_server(run_dir: Path, workdir: Path, *, timeout: float = 180.0) -> Itera
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
                                 start_new_session=True)
         try:
-            deadline = time.monotonic() + timeout
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"scripts/lab.sh exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-                try:
-                    with urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2) as r:
-                        if r.status == 200:
-                            break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"JupyterLab did not answer within {timeout:.0f} s:\n{log_path.read_text()[-3000:]}")
-                time.sleep(0.2)
+            wait_until_answering(url, token, proc, log_path, timeout)
             yield Lab(url, token, log_path, proc)
         finally:
             # lab.sh forwards SIGTERM to the server, which shuts its kernels down and exits.

@@ -12,11 +12,9 @@ import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -27,9 +25,20 @@ from rlhf_course.world import World
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parent.parent
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def _screenshots():
+    """scripts/screenshots.py as a module: its helpers start `scripts/lab.sh` and open notebook
+    04's ranking widget, the same path the README's screenshot takes."""
+    spec = importlib.util.spec_from_file_location("screenshots", REPO / "scripts" / "screenshots.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks its module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+SHOTS = _screenshots()
+CHROMIUM, CHROMIUM_ARGS = SHOTS.CHROMIUM, SHOTS.CHROMIUM_ARGS
 REQUIRE = "RLHF_COURSE_REQUIRE_BROWSER"
 
 
@@ -57,19 +66,13 @@ def chromium():
             browser.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def lab(tmp_path):
     """A JupyterLab server on a free port, run by this interpreter (so the kernel is this venv's);
     yields (url, token, root). Stopped with SIGTERM, which shuts its kernels down too."""
     root, log_path = tmp_path / "root", tmp_path / "jupyter.log"
     root.mkdir()
-    port, token = _free_port(), secrets.token_hex(16)
+    port, token = SHOTS.free_port(), secrets.token_hex(16)
     env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
            "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "MPLBACKEND": "agg"}
     cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root",
@@ -79,19 +82,7 @@ def lab(tmp_path):
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:  # e.g. root without --allow-root: it exits at once
-                pytest.fail(f"JupyterLab exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"JupyterLab did not answer within 90 s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.2)
+        SHOTS.wait_until_answering(url, token, proc, log_path, timeout=90)
         yield url, token, root
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -217,16 +208,6 @@ def test_chat_send_and_rate_in_jupyterlab_survives_a_killed_kernel(chromium, lab
     assert record["context"][-1] == {"role": "user", "content": message}
 
 
-def _screenshots():
-    """scripts/screenshots.py as a module: its helpers start `scripts/lab.sh` and open notebook
-    04's ranking widget, the same path the README's screenshot takes."""
-    spec = importlib.util.spec_from_file_location("screenshots", REPO / "scripts" / "screenshots.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass looks its module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 # Typed into a new cell once notebook 04 has run: which Python the kernel is and where it found
 # the package (and its pid, to check that stopping the server stops the kernel too).
 PROBE = "import os, sys, rlhf_course; print(sys.prefix); print(rlhf_course.__file__); print(os.getpid())"
@@ -239,15 +220,14 @@ def test_lab_sh_opens_notebook_04_with_the_venv_kernel(chromium, tmp_path):
     from _runs import tiny_run
     from playwright.sync_api import expect
 
-    shots = _screenshots()
     run = tmp_path / "run"
     run.mkdir()
     tiny_run(run)
 
-    with shots.lab_server(run, tmp_path / "lab") as lab:
+    with SHOTS.lab_server(run, tmp_path / "lab") as lab:
         page = chromium.new_page()
         page.set_default_timeout(60_000)
-        widget = shots.open_ranking_widget(page, lab)
+        widget = SHOTS.open_ranking_widget(page, lab)
 
         # The widget rendered: the first item's replies as buttons, and its controls.
         replies = widget.locator("button[class*='rlhf-reply-']")
