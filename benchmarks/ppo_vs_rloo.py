@@ -120,7 +120,7 @@ def _child_ours(args) -> dict:
     import torch
 
     import rlhf_course.ppo as ppo
-    from rlhf_course.pretrain import resolve_precision
+    from rlhf_course.training import resolve_precision
 
     cfg = _ppo_config(args)
     marks: dict[str, int] = {}
@@ -170,8 +170,8 @@ def _child_rloo(args) -> dict:
     from transformers import AutoTokenizer, TrainerCallback
     from trl import RLOOConfig, RLOOTrainer
 
-    from rlhf_course.pretrain import resolve_precision
     from rlhf_course.reward import load_reward_model
+    from rlhf_course.training import resolve_precision
     from rlhf_course.world import World
 
     cfg = _ppo_config(args)

@@ -18,17 +18,29 @@ stage `comparisons`.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
 import subprocess
 import sys
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer, TrainerCallback
+
 from rlhf_course.config import BeyondConfig, PPOConfig
+from rlhf_course.models import load_checkpoint, save_base
+from rlhf_course.ppo import PPOPaths, evaluate_ppo, train_ppo
+from rlhf_course.rankings import COMPARISONS, load_comparisons, rankings_dataset
+from rlhf_course.reward import load_reward_model
 from rlhf_course.runs import StageStopped, StageTimer, require, stage_dir, write_text_atomic
+from rlhf_course.training import resolve_precision
+from rlhf_course.world import World
 
 METHODS = ("ppo", "dpo", "rloo", "grpo")
 """The methods stage `beyond` compares, in the order of its table."""
@@ -38,7 +50,6 @@ TRAINED = "trained.json"
 
 def _peak_memory_mb(cuda: bool) -> float:
     if cuda:
-        import torch
 
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
@@ -54,7 +65,6 @@ def ppo_config(cfg: BeyondConfig) -> PPOConfig:
 
 
 def _trl_common(cfg: BeyondConfig, out: Path, cuda: bool) -> dict[str, Any]:
-    from rlhf_course.pretrain import resolve_precision
 
     precision = resolve_precision(ppo_config(cfg), "cuda" if cuda else "cpu")
     # TRL defaults to bf16 and gradient checkpointing: set both for the device and a small model.
@@ -65,10 +75,7 @@ def _trl_common(cfg: BeyondConfig, out: Path, cuda: bool) -> dict[str, Any]:
 
 
 def _train_dpo(cfg: BeyondConfig, run_dir: Path, out: Path, cuda: bool):
-    from transformers import AutoTokenizer
-    from trl import DPOConfig, DPOTrainer
-
-    from rlhf_course.comparisons import COMPARISONS, load_comparisons, rankings_dataset
+    from trl import DPOConfig, DPOTrainer  # trl takes seconds to import: only when a method trains
 
     records = load_comparisons(Path(run_dir) / "comparisons" / COMPARISONS)
     dataset = rankings_dataset(records)
@@ -86,12 +93,13 @@ def _train_dpo(cfg: BeyondConfig, run_dir: Path, out: Path, cuda: bool):
 
 def _train_group(method: str, cfg: BeyondConfig, run_dir: Path, out: Path, cuda: bool):
     """RLOO or GRPO against the reward model of stage `rm`, on PPO's training prompts."""
-    from datasets import Dataset
-    from transformers import AutoTokenizer
-    from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
-
-    from rlhf_course.reward import load_reward_model
-    from rlhf_course.world import World
+    from datasets import Dataset  # datasets takes seconds to import: only when a method trains
+    from trl import (  # trl takes seconds to import: only when a method trains
+        GRPOConfig,
+        GRPOTrainer,
+        RLOOConfig,
+        RLOOTrainer,
+    )
 
     pcfg = ppo_config(cfg)
     k, batch = cfg.num_generations, cfg.batch_size
@@ -123,11 +131,6 @@ def _train_group(method: str, cfg: BeyondConfig, run_dir: Path, out: Path, cuda:
 def train_method(method: str, cfg: BeyondConfig, run_dir) -> dict[str, Any]:
     """Train `method` from RUN_DIR/sft/model into RUN_DIR/beyond/<method>/model in this process;
     returns (and writes to trained.json) its wall time and peak memory."""
-    import torch
-
-    from rlhf_course.models import save_base
-    from rlhf_course.ppo import PPOPaths, train_ppo
-
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
     run_dir = Path(run_dir)
@@ -167,8 +170,6 @@ def _report_progress(step: int, total: int) -> None:
 
 def _progress_callback():
     """A TRL/transformers callback that prints a progress line after every optimiser step."""
-    from transformers import TrainerCallback
-
     class ProgressLines(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             _report_progress(state.global_step, state.max_steps)
@@ -184,10 +185,6 @@ def _child_command(method: str, cfg: BeyondConfig, run_dir: Path) -> list[str]:
 def _run_child(method: str, cfg: BeyondConfig, run_dir: Path, progress: bool = True) -> dict[str, Any]:
     """Train `method` in a child process of its own (each method starts from the same clean
     state, and its peak memory is its own), showing its steps on a progress bar as they come."""
-    from collections import deque
-
-    from tqdm.auto import tqdm
-
     cmd = _child_command(method, cfg, run_dir)
     tail: deque[str] = deque(maxlen=60)  # the end of its output, for the error message
     bar = tqdm(desc=f"training {method}", total=None, disable=not progress, mininterval=0.5)
@@ -212,10 +209,6 @@ def run_beyond(cfg: BeyondConfig, run_dir, progress: bool = True, on_method=None
     """Stage `beyond`: train each of `cfg.methods` from SFT (a child process each; a method whose
     trained.json exists is not trained again), evaluate each on the held-out prompts as stage
     `ppo` does, and return one entry per method. `on_method(row)` is called as each is done."""
-    from rlhf_course.models import load_checkpoint
-    from rlhf_course.ppo import evaluate_ppo
-    from rlhf_course.reward import load_reward_model
-
     methods = cfg.method_list()
     for name in methods:
         if name not in METHODS:
@@ -249,8 +242,6 @@ def run_beyond(cfg: BeyondConfig, run_dir, progress: bool = True, on_method=None
 
 def main(argv=None) -> int:
     """The child process of stage `beyond`: train one method and write its trained.json."""
-    import argparse
-
     parser = argparse.ArgumentParser(prog="python -m rlhf_course.beyond", description=main.__doc__)
     parser.add_argument("--method", required=True, choices=METHODS)
     parser.add_argument("--out", required=True, help="the run folder (with sft/, rm/, comparisons/)")

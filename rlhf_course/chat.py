@@ -36,25 +36,28 @@ import ipywidgets as widgets
 import torch
 from transformers import DynamicCache
 
-from rlhf_course.feedback import FEEDBACK, append_feedback, feedback_record
+from rlhf_course.feedback import (
+    FEEDBACK,
+    FLAGS,
+    LABELS,
+    append_feedback,
+    append_flag,
+    feedback_record,
+    flag_record,
+)
 from rlhf_course.generation import encode_prompts
+from rlhf_course.models import load_checkpoint
 from rlhf_course.widgets import run_action
 
 CHAT_STAGES = ("base", "sft", "ppo", "iterate")
 """The stages whose model (RUN_DIR/<stage>/model) the chat can talk to, least trained first."""
-LABELS = ("allow", "warn", "block")
-"""A moderation verdict's possible labels."""
-FLAG_KINDS = ("false_positive", "false_negative")
-"""A user's flag on the filter: it judged harmless text harmful, or let harmful text through."""
-FLAGS = "flags.jsonl"
-"""The chat's moderation flags, next to its feedback file by default."""
 
 
 # --------------------------------------------------------------------------- moderation interface
 
 
 class Verdict(Protocol):
-    """What a moderator says about one text (the interface of `rlhf_course.moderation`)."""
+    """What a moderator says about one text (the interface `feedback.Verdict` implements)."""
 
     @property
     def label(self) -> str:
@@ -91,19 +94,9 @@ def _moderate(moderator: Moderator | None, text: str, role: str) -> Verdict | No
 
 def write_flag(path: str | os.PathLike, text: str, role: str, verdict: Verdict, kind: str,
                comment: str = "") -> dict:
-    """Append a user's flag on the filter's `verdict` about `text` to the JSON Lines file `path`,
-    through `rlhf_course.moderation` (`flag_record`, `append_flag`), imported only now so that the
-    chat works without that module until someone flags."""
-    try:
-        from rlhf_course.moderation import append_flag, flag_record
-    except ImportError as err:
-        raise ImportError(
-            "Flagging needs rlhf_course.moderation (flag_record and append_flag), which could not "
-            f"be imported ({err}); the chat and its feedback work without it, flags do not."
-        ) from err
-    record = flag_record(text, role, verdict, kind, comment)
-    append_flag(path, record)
-    return record
+    """Append a user's flag on the filter's `verdict` about `text` to the JSON Lines file `path`
+    (`feedback.flag_record`, checked, flushed and fsynced); returns the record."""
+    return append_flag(path, flag_record(text, role, verdict, kind, comment))
 
 
 def flag_kinds(verdict: Verdict | None) -> tuple[str, ...]:
@@ -529,7 +522,6 @@ class RunModels(Mapping):
         if stage not in self.stages:
             raise KeyError(stage)
         if self._loaded is None or self._loaded[0] != stage:
-            from rlhf_course.models import load_checkpoint
 
             self._loaded = None  # let the previous model go before loading the next
             self._loaded = (stage, load_checkpoint(self.run_dir / stage / "model", self.profile))
@@ -622,7 +614,7 @@ class ChatWidget:
         return cls(RunModels(run_dir, profile), **kwargs)
 
     def _ipython_display_(self):
-        from IPython.display import display
+        from IPython.display import display  # IPython only inside a notebook
 
         display(self.widget)
 

@@ -16,12 +16,12 @@ import dataclasses
 import importlib
 import shutil
 import sys
-import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from rlhf_course import runs
+from rlhf_course.config import parse_field
 from rlhf_course.hardware import PROFILES, ProfileChoice, detect_profile
 
 # Stage name -> "module:function", in the order the course runs them. Imported lazily so that
@@ -114,7 +114,7 @@ def parse_overrides(
             stage, field = key.split(".", 1)
             if stage not in STAGES:
                 raise ValueError(f"unknown stage {stage!r}; valid stages: {', '.join(STAGES)}")
-            value = _convert(load_config_class(stage), field, raw)
+            value = parse_field(load_config_class(stage), field, raw)
         except ValueError as err:
             message = f"--set {item!r}: {err} (expected STAGE.FIELD=VALUE, e.g. base.steps=50)"
             if parser is not None:
@@ -296,26 +296,6 @@ def _import(target: str, what: str) -> Any:
         return getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as err:
         raise ImportError(f"cannot load {what} from {target!r}: {err}") from err
-
-
-def _convert(cls: Any, field: str, raw: str) -> Any:
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    if field not in fields:
-        raise ValueError(f"{cls.__name__} has no field {field!r}; valid fields: {sorted(fields)}")
-    # Annotations are strings under `from __future__ import annotations`; resolve them.
-    kind = typing.get_type_hints(cls).get(field, str)
-    optional = type(None) in typing.get_args(kind)
-    if optional:
-        if raw.lower() == "none":
-            return None
-        kind = next(k for k in typing.get_args(kind) if k is not type(None))
-    if kind is bool:
-        if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
-            raise ValueError(f"{field} needs true or false, got {raw!r}")
-        return raw.lower() in ("true", "1", "yes")
-    if kind in (int, float):
-        return kind(raw)
-    return raw
 
 
 def _as_entry(stage: str, result: Any) -> dict[str, Any]:

@@ -8,6 +8,7 @@ Notebooks and the CLI call `BaseConfig.preset("cpu", steps=100)`; unknown fields
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -636,3 +637,25 @@ class ModerationConfig(_Preset):
     """Held-out tasks whose texts measure precision and recall (about 90 harmful requests)."""
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"cpu": {}, "t4": {}, "a100": {}}
+
+
+def parse_field(cls: Any, field: str, raw: str) -> Any:
+    """`raw`, a command-line string (`--set stage.field=raw`), as a value of `cls`'s dataclass
+    field `field`: bools from true/false, numbers from digits, `none` for an optional field."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    if field not in fields:
+        raise ValueError(f"{cls.__name__} has no field {field!r}; valid fields: {sorted(fields)}")
+    # Annotations are strings under `from __future__ import annotations`; resolve them.
+    kind = typing.get_type_hints(cls).get(field, str)
+    optional = type(None) in typing.get_args(kind)
+    if optional:
+        if raw.lower() == "none":
+            return None
+        kind = next(k for k in typing.get_args(kind) if k is not type(None))
+    if kind is bool:
+        if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"{field} needs true or false, got {raw!r}")
+        return raw.lower() in ("true", "1", "yes")
+    if kind in (int, float):
+        return kind(raw)
+    return raw

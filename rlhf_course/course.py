@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from rlhf_course.world import FAMILIES, World, gold_score
 
 COURSE_MAP = (
@@ -99,8 +101,6 @@ shows them: a notebook whose prose matches a pattern lists that source in its la
 def references_markdown(text: str) -> str | None:
     """The references cell of a notebook whose prose is `text`: a Markdown list of the sources
     it cites, linked; None if it cites none."""
-    import re
-
     cited = [(citation, link) for pattern, citation, link in REFERENCES if re.search(pattern, text)]
     if not cited:
         return None

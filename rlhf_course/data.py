@@ -503,7 +503,7 @@ def to_hf_dataset(records: Iterable[Mapping[str, Any]], columns: Sequence[str] =
     Each record's messages are validated as a demonstration. Extra `columns` are kept where a
     record has them (None elsewhere); SFTTrainer ignores them, they help slice results by source.
     """
-    import datasets
+    import datasets  # datasets takes seconds to import: only for files in the hub's formats
 
     rows = []
     for i, r in enumerate(records):
@@ -739,7 +739,7 @@ def to_preference_dataset(records: Iterable[Mapping[str, Any]]):
     conversational preference format TRL's reward and DPO trainers take, from records such as
     `convert_hh` returns. An empty input still gives the three columns.
     """
-    import datasets
+    import datasets  # datasets takes seconds to import: only for files in the hub's formats
 
     rows = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in records]
     if not rows:  # from_list([]) would build a dataset with no columns at all
@@ -841,7 +841,7 @@ def load_hub_dataset(name_or_path: str | os.PathLike, kind: str | None = None, s
 
 
 def _hold_strings(raw: Any, columns: Iterable[str]) -> bool:
-    import datasets
+    import datasets  # datasets takes seconds to import: only for files in the hub's formats
 
     return all(isinstance(raw.features[c], datasets.Value)
                and raw.features[c].dtype in ("string", "large_string") for c in columns)

@@ -1,9 +1,9 @@
-"""Feedback on chat replies: thumbs up or down and a comment, kept as data for the next round.
+"""What chat users say back: thumbs up or down on replies, and flags on the moderation filter.
 
 The ChatGPT post asks its users for exactly this: "Users are encouraged to provide feedback on
 problematic model outputs through the UI". Here the chat widget (notebook 09) writes one JSON
 line per click, flushed and fsynced before the click returns, and `feedback_to_comparisons`
-turns the ratings into comparison records (`comparisons.comparison_record`), so a learner's own
+turns the ratings into comparison records (`rankings.comparison_record`), so a learner's own
 judgements join the rankings the reward model of the next `iterate` round trains on.
 
 A record:
@@ -11,6 +11,11 @@ A record:
     {"id": "3f2a...", "context": [messages ending on a user turn], "reply": "the rated reply",
      "stage": "ppo", "rating": "up" | "down", "comment": "", "siblings": [earlier versions of
      the same turn, oldest first, from Regenerate], "rated_at": "2026-11-22T10:00:00+00:00"}
+
+Flags: a user says the filter got a message wrong (`flag_record`, `append_flag`, one JSON line
+each in RUN_DIR/feedback/flags.jsonl), about a `Verdict`, the filter's decision on one message.
+The verdict is defined here because the chat, its flags and the filter trained by stage
+`moderation` all speak it, and the chat must not depend on a stage.
 
 What it simplifies: one rating per click (a later click on the same reply supersedes the
 earlier one rather than editing it, so the file stays append-only); no user ids; a thumbs-up is
@@ -22,17 +27,19 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from rlhf_course.comparisons import append_comparison, comparison_record, load_comparisons
 from rlhf_course.data import (
     ConversationError,
     append_jsonl,
     load_checked,
     validate_conversation,
 )
+from rlhf_course.rankings import append_comparison, comparison_record, load_comparisons
+from rlhf_course.world import HARMFUL_INTENTS
 
 FEEDBACK = "feedback.jsonl"
 """Ratings from the chat widget, in RUN_DIR/feedback/."""
@@ -165,3 +172,111 @@ def save_feedback_comparisons(records: Iterable[Mapping[str, Any]], path: str | 
     for c in new:
         append_comparison(path, c)
     return new
+
+LABELS = ("allow", "warn", "block")
+"""A verdict's label: let the message through, show it with a warning, or hold it back."""
+
+ROLES = ("user", "assistant")
+"""Who wrote the message: what the user typed, or what the model answered."""
+
+CATEGORIES = tuple(intent["id"] for intent in HARMFUL_INTENTS)
+"""The harm categories, one per harmful intent of the world ('break_in', 'poison', ...)."""
+
+FLAG_KINDS = ("false_positive", "false_negative")
+"""A user's report: the filter flagged a harmless message, or let a harmful one through."""
+
+FLAGS = "flags.jsonl"
+"""Users' reports of the filter's mistakes; the chat keeps them in RUN_DIR/feedback/."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The filter's decision on one message."""
+
+    label: str
+    """'allow', 'warn' or 'block' (LABELS)."""
+    category: str | None
+    """The most likely harm (an intent id such as 'break_in'); None when allowed."""
+    score: float
+    """Probability of harm in [0, 1]; the label is this against the moderator's thresholds."""
+    role: str
+    """'user' or 'assistant': whose message was judged."""
+
+    def __post_init__(self) -> None:
+        if self.label not in LABELS:
+            raise ValueError(f"label must be one of {LABELS}, got {self.label!r}")
+        if self.role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}, got {self.role!r}")
+        if isinstance(self.score, bool) or not isinstance(self.score, int | float) or not 0 <= self.score <= 1:
+            raise ValueError(f"score must be a probability in [0, 1], got {self.score!r}")
+        if self.category is not None and self.category not in CATEGORIES:
+            raise ValueError(f"category must be None or one of {CATEGORIES}, got {self.category!r}")
+
+    @property
+    def flagged(self) -> bool:
+        """Warned or blocked: what precision and recall count as a positive."""
+        return self.label != "allow"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class FlagError(ValueError):
+    """A flag record that cannot be used; the message names the field and says why."""
+
+
+def validate_flag(record: Any, where: str = "") -> dict[str, Any]:
+    """Check one flag record (`flag_record` makes them) and return a copy of it."""
+    at = f"{where}: " if where else ""
+    if not isinstance(record, Mapping):
+        raise FlagError(f"{at}a flag record must be a JSON object, got {type(record).__name__}")
+    missing = [k for k in ("text", "role", "verdict", "kind", "comment", "flagged_at") if k not in record]
+    if missing:
+        raise FlagError(f"{at}flag lacks field(s) {missing}")
+    for key in ("text", "comment", "flagged_at"):
+        if not isinstance(record[key], str):
+            raise FlagError(f"{at}{key} must be a string, got {type(record[key]).__name__}")
+    if not record["text"].strip():
+        raise FlagError(f"{at}text must be the flagged message, got an empty string")
+    if record["role"] not in ROLES:
+        raise FlagError(f"{at}role must be one of {ROLES}, got {record['role']!r}")
+    if record["kind"] not in FLAG_KINDS:
+        raise FlagError(f"{at}kind must be one of {FLAG_KINDS}, got {record['kind']!r}")
+    verdict = record["verdict"]
+    try:
+        verdict = Verdict(**verdict) if isinstance(verdict, Mapping) else verdict
+    except (TypeError, ValueError) as err:
+        raise FlagError(f"{at}verdict is not a verdict ({err})") from err
+    if not isinstance(verdict, Verdict):
+        raise FlagError(f"{at}verdict must be a Verdict or its dict, got {type(verdict).__name__}")
+    if verdict.role != record["role"]:
+        raise FlagError(f"{at}verdict.role {verdict.role!r} differs from role {record['role']!r}")
+    # A false positive is a flag on a harmless message; a false negative, a harmful one allowed.
+    if (record["kind"] == "false_positive") != verdict.flagged:
+        raise FlagError(f"{at}kind {record['kind']!r} does not fit a {verdict.label!r} verdict: "
+                        "false_positive is for warned or blocked messages, false_negative for allowed ones")
+    return {**record, "verdict": verdict.as_dict()}
+
+
+def flag_record(text: str, role: str, verdict: Verdict, kind: str, comment: str = "") -> dict[str, Any]:
+    """A checked record of a user saying the filter got `text` wrong: 'false_positive' (it
+    warned or blocked a harmless message) or 'false_negative' (it allowed a harmful one)."""
+    return validate_flag({
+        "text": text, "role": role,
+        "verdict": verdict.as_dict() if isinstance(verdict, Verdict) else verdict,
+        "kind": kind, "comment": comment.strip() if isinstance(comment, str) else comment,
+        "flagged_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    })
+
+
+def append_flag(path: str | os.PathLike, record: Mapping[str, Any]) -> dict[str, Any]:
+    """Check `record` and append it to the JSON Lines file `path`, flushed and fsynced before
+    returning. A bad record raises and leaves the file as it was."""
+    record = validate_flag(record, where=f"new flag for {path}")
+    append_jsonl(path, record)
+    return record
+
+
+def load_flags(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every flag record of `path`, checked; an error names the file and line."""
+    return load_checked(path, validate_flag, FlagError, raise_as=FlagError, advice="")

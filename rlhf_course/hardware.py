@@ -86,7 +86,7 @@ def detect_profile(override: str | None = None) -> ProfileChoice:
 
     A `parameters` cell passes `override=profile` so that a learner can force, say, `cpu` on a GPU.
     """
-    import torch
+    import torch  # torch takes seconds to import: `rlhf-course profile` needs it only here
 
     if override is not None:
         check_profile(override)
@@ -174,7 +174,7 @@ def plan_training(params: int, profile: str, memory_gb: float | None = None) -> 
 
 def gpu_memory_gb() -> float | None:
     """The first CUDA device's memory in GiB, or None without one."""
-    import torch
+    import torch  # torch takes seconds to import: only when a GPU is asked about
 
     if not torch.cuda.is_available():
         return None
@@ -201,7 +201,7 @@ def emulate_t4(device: int = 0) -> float:
     """Cap this process's CUDA memory to a T4's `T4_MEMORY_GB` with
     `torch.cuda.set_per_process_memory_fraction`; returns the fraction set. An allocation past the
     cap raises torch's out-of-memory error, as it would on a T4."""
-    import torch
+    import torch  # torch takes seconds to import: only when a GPU is asked about
 
     if not torch.cuda.is_available():
         raise RuntimeError("emulate_t4: there is no CUDA GPU to cap; T4 emulation needs a GPU with "

@@ -33,13 +33,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlhf_course.comparisons import ComparisonError, comparison_record
 from rlhf_course.data import (
+    HUB_KINDS,
     ConversationError,
     DataFormatError,
     load_hub_dataset,
     validate_conversation,
 )
+from rlhf_course.rankings import ComparisonError, comparison_record, pairwise_accuracy
+from rlhf_course.world import World
 
 HH_SOURCE = "hh-rlhf"
 """`source` of rankings and prompts taken from HH-RLHF."""
@@ -93,9 +95,7 @@ def load_records(name_or_path: str | os.PathLike, kind: str, split: str = "train
 
 def _bad_record(name_or_path, kind: str, split: str, cache_dir) -> str:
     """', record N (line L)' for the first raw record the converter of `kind` rejects, or ''."""
-    import datasets
-
-    from rlhf_course.data import HUB_KINDS
+    import datasets  # datasets takes seconds to import: only on track 'hh'
 
     path = Path(name_or_path)
     cache = str(cache_dir) if cache_dir is not None else None
@@ -260,8 +260,6 @@ def preference_accuracy(score: Callable[[list, list], Sequence[float]],
     """(accuracy, pairs): the share of the ranked pairs of `records` that `score(contexts,
     replies)` orders as the rankers did (equal scores count half); (None, 0) without records.
     The reward model's figure on held-out HH-RLHF pairs, where no gold exists."""
-    from rlhf_course.reward import pairwise_accuracy
-
     if not records:
         return None, 0
     flat = list(score([r["context"] for r in records for _ in r["replies"]],
@@ -366,8 +364,6 @@ def training_prompts(cfg, processes: int, prompt_seed: int,
     """PPO's rollout prompts on the 'hh' track: `cfg.steps * processes` batches of
     `cfg.batch_size`, each holding `hh_per_batch` HH prompts (`PromptTask`) among toy-world
     training tasks (`world.Task`), all seeded by `prompt_seed`."""
-    from rlhf_course.world import World
-
     blocks = cfg.steps * processes
     n_real = hh_per_batch(cfg.batch_size, cfg.hh_prompt_fraction)
     toy = World(cfg.seed).tasks("train", blocks * (cfg.batch_size - n_real), seed=prompt_seed)

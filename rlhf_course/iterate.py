@@ -26,17 +26,29 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from rlhf_course.comparisons import (
+from transformers import AutoModelForSequenceClassification
+
+from rlhf_course.comparisons import rank_with_annotators, sample_items, training_contexts
+from rlhf_course.config import IterateConfig, PPOConfig, RewardConfig
+from rlhf_course.data import write_jsonl
+from rlhf_course.hardware import use_lora
+from rlhf_course.heldout import heldout_tasks, trained_prompts, win_rate
+from rlhf_course.models import load_checkpoint, trainable, with_lora
+from rlhf_course.ppo import PPOPaths, train_ppo
+from rlhf_course.rankings import (
     COMPARISONS,
     HELDOUT_COMPARISONS,
     HUMAN_COMPARISONS,
     load_comparisons,
-    rank_with_annotators,
-    sample_items,
-    training_contexts,
 )
-from rlhf_course.config import IterateConfig, PPOConfig, RewardConfig
-from rlhf_course.data import write_jsonl
+from rlhf_course.reward import (
+    NORMALISATION,
+    fit,
+    load_reward_model_from,
+    raw_scores,
+    reward_metrics,
+    score_heldout,
+)
 from rlhf_course.runs import StageTimer, require, seed_everything, stage_dir, write_text_atomic
 from rlhf_course.world import Annotators, Task, World, gold_score
 
@@ -62,7 +74,6 @@ def _samples(folder: Path, tasks: list[Task]) -> list[str]:
 
 
 def _rm_metrics(rm, records: list[dict], rcfg: RewardConfig) -> dict:
-    from rlhf_course.reward import reward_metrics, score_heldout
 
     rows = score_heldout(rm, records, rcfg)
     return reward_metrics(rows, [r["ranking"] for r in records], rcfg.gold_margin)
@@ -81,14 +92,6 @@ def run_round(cfg: IterateConfig, run_dir, n: int, policy_path: Path, rm_dir: Pa
     """Round `n`: collect on the policy at `policy_path`, extend the reward model in `rm_dir`,
     PPO from the policy; returns (and writes to round.json) the round's metrics. `configs`
     replaces `stage_configs(cfg)` (tests use tiny ones)."""
-    from transformers import AutoModelForSequenceClassification
-
-    from rlhf_course.evaluate import heldout_tasks, trained_prompts, win_rate
-    from rlhf_course.hardware import use_lora
-    from rlhf_course.models import load_checkpoint, trainable, with_lora
-    from rlhf_course.ppo import PPOPaths, train_ppo
-    from rlhf_course.reward import NORMALISATION, fit, load_reward_model_from, raw_scores
-
     rcfg, pcfg = configs or stage_configs(cfg)
     out = round_dir(run_dir, n)
     out.mkdir(parents=True, exist_ok=True)

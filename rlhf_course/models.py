@@ -223,7 +223,11 @@ def with_lora(model, cfg, task_type: str, adapter=None):
     classifier's scalar head (`score`) trains in full, as it starts from scratch or from the RM.
     `adapter`, a folder a peft model was saved to, resumes those adapters instead of new ones.
     The frozen base keeps its dtype; the adapters and the head are fp32 master weights."""
-    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft import (  # peft takes a second to import: only for LoRA
+        LoraConfig,
+        PeftModel,
+        get_peft_model,
+    )
 
     extra = {"modules_to_save": ["score"]} if task_type == "SEQ_CLS" else {}
     if adapter is not None:

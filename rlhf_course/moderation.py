@@ -55,8 +55,10 @@ What it simplifies: six harms, one wording of compliance each, and no context (e
 judged alone). Words the world never uses in harm ("hide", "insult") are unknown to it: held-out
 asks are caught by the words they share with training asks, which is why recall is below 1.
 
-Users can report the filter's mistakes from the chat: `flag_record` + `append_flag` keep them
-as JSON lines, flushed and fsynced, for the next filter to learn from.
+Users can report the filter's mistakes from the chat: `feedback.flag_record` +
+`feedback.append_flag` keep them as JSON lines, flushed and fsynced, for the next filter to
+learn from. The verdict itself (`feedback.Verdict`) is defined there too, since the chat, its
+flags and this filter all speak it.
 """
 
 from __future__ import annotations
@@ -65,21 +67,24 @@ import itertools
 import json
 import os
 import re
+import warnings
 import zlib
-from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save_file
 
-from rlhf_course.data import append_jsonl, load_checked
+from rlhf_course.config import ModerationConfig
+from rlhf_course.feedback import CATEGORIES, LABELS, ROLES, Verdict
+from rlhf_course.runs import StageTimer, require, seed_everything, stage_dir
 from rlhf_course.world import (
     ACT_WRAPPERS,
     BENIGN_WRAPPERS,
     CLOSERS,
-    HARMFUL_INTENTS,
     HARMFUL_WRAPPERS,
     OPENERS,
     Task,
@@ -87,53 +92,10 @@ from rlhf_course.world import (
     bare_request,
 )
 
-LABELS = ("allow", "warn", "block")
-"""A verdict's label: let the message through, show it with a warning, or hold it back."""
-ROLES = ("user", "assistant")
-"""Who wrote the message: what the user typed, or what the model answered."""
-CATEGORIES = tuple(intent["id"] for intent in HARMFUL_INTENTS)
-"""The harm categories, one per harmful intent of the world ('break_in', 'poison', ...)."""
-FLAG_KINDS = ("false_positive", "false_negative")
-"""A user's report: the filter flagged a harmless message, or let a harmful one through."""
-FLAGS = "flags.jsonl"
-"""Users' reports of the filter's mistakes; the chat keeps them in RUN_DIR/feedback/."""
-
 FEATURES = "words+pairs+chars3-5:crc32:v1"
 """The feature recipe a saved moderator was trained with; `load` refuses any other."""
 _CHAR_NGRAMS = (3, 5)
 _WORD_RE = re.compile(r"[a-z0-9']+")
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """The filter's decision on one message."""
-
-    label: str
-    """'allow', 'warn' or 'block' (LABELS)."""
-    category: str | None
-    """The most likely harm (an intent id such as 'break_in'); None when allowed."""
-    score: float
-    """Probability of harm in [0, 1]; the label is this against the moderator's thresholds."""
-    role: str
-    """'user' or 'assistant': whose message was judged."""
-
-    def __post_init__(self) -> None:
-        if self.label not in LABELS:
-            raise ValueError(f"label must be one of {LABELS}, got {self.label!r}")
-        if self.role not in ROLES:
-            raise ValueError(f"role must be one of {ROLES}, got {self.role!r}")
-        if isinstance(self.score, bool) or not isinstance(self.score, int | float) or not 0 <= self.score <= 1:
-            raise ValueError(f"score must be a probability in [0, 1], got {self.score!r}")
-        if self.category is not None and self.category not in CATEGORIES:
-            raise ValueError(f"category must be None or one of {CATEGORIES}, got {self.category!r}")
-
-    @property
-    def flagged(self) -> bool:
-        """Warned or blocked: what precision and recall count as a positive."""
-        return self.label != "allow"
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 # --------------------------------------------------------------------------------------------
@@ -209,8 +171,6 @@ class Moderator:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the moderator to a safetensors file (tensors and a JSON header; no pickle)."""
-        from safetensors.numpy import save_file
-
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"features": FEATURES, "categories": list(CATEGORIES),
@@ -222,8 +182,6 @@ class Moderator:
     @classmethod
     def load(cls, path: str | os.PathLike) -> Moderator:
         """Read a moderator written by `save`; refuses one made with other features or categories."""
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="numpy") as f:
             meta = json.loads((f.metadata() or {}).get("moderation", "{}"))
             tensors = {k: f.get_tensor(k) for k in f.keys()}
@@ -356,11 +314,7 @@ def train_moderator(world: World, seed: int | None = None, cfg=None) -> Moderato
     """Train a moderator on `world`'s training split, with `cfg`'s settings (a
     `ModerationConfig`; the cpu preset when None). `seed` draws the training tasks (default
     `cfg.seed`). Full-batch Adam from zeros: the same seed gives the same weights."""
-    import warnings
-
-    import torch
-
-    from rlhf_course.config import ModerationConfig
+    import torch  # the trained filter is numpy; torch (seconds to import) only for training it
 
     cfg = cfg or ModerationConfig.preset("cpu")
     seed = cfg.seed if seed is None else seed
@@ -453,67 +407,6 @@ def moderation_metrics(moderator, world: World, seed: int = 0, n: int = 600) -> 
 # --------------------------------------------------------------------------------------------
 
 
-class FlagError(ValueError):
-    """A flag record that cannot be used; the message names the field and says why."""
-
-
-def validate_flag(record: Any, where: str = "") -> dict[str, Any]:
-    """Check one flag record (`flag_record` makes them) and return a copy of it."""
-    at = f"{where}: " if where else ""
-    if not isinstance(record, Mapping):
-        raise FlagError(f"{at}a flag record must be a JSON object, got {type(record).__name__}")
-    missing = [k for k in ("text", "role", "verdict", "kind", "comment", "flagged_at") if k not in record]
-    if missing:
-        raise FlagError(f"{at}flag lacks field(s) {missing}")
-    for key in ("text", "comment", "flagged_at"):
-        if not isinstance(record[key], str):
-            raise FlagError(f"{at}{key} must be a string, got {type(record[key]).__name__}")
-    if not record["text"].strip():
-        raise FlagError(f"{at}text must be the flagged message, got an empty string")
-    if record["role"] not in ROLES:
-        raise FlagError(f"{at}role must be one of {ROLES}, got {record['role']!r}")
-    if record["kind"] not in FLAG_KINDS:
-        raise FlagError(f"{at}kind must be one of {FLAG_KINDS}, got {record['kind']!r}")
-    verdict = record["verdict"]
-    try:
-        verdict = Verdict(**verdict) if isinstance(verdict, Mapping) else verdict
-    except (TypeError, ValueError) as err:
-        raise FlagError(f"{at}verdict is not a verdict ({err})") from err
-    if not isinstance(verdict, Verdict):
-        raise FlagError(f"{at}verdict must be a Verdict or its dict, got {type(verdict).__name__}")
-    if verdict.role != record["role"]:
-        raise FlagError(f"{at}verdict.role {verdict.role!r} differs from role {record['role']!r}")
-    # A false positive is a flag on a harmless message; a false negative, a harmful one allowed.
-    if (record["kind"] == "false_positive") != verdict.flagged:
-        raise FlagError(f"{at}kind {record['kind']!r} does not fit a {verdict.label!r} verdict: "
-                        "false_positive is for warned or blocked messages, false_negative for allowed ones")
-    return {**record, "verdict": verdict.as_dict()}
-
-
-def flag_record(text: str, role: str, verdict: Verdict, kind: str, comment: str = "") -> dict[str, Any]:
-    """A checked record of a user saying the filter got `text` wrong: 'false_positive' (it
-    warned or blocked a harmless message) or 'false_negative' (it allowed a harmful one)."""
-    return validate_flag({
-        "text": text, "role": role,
-        "verdict": verdict.as_dict() if isinstance(verdict, Verdict) else verdict,
-        "kind": kind, "comment": comment.strip() if isinstance(comment, str) else comment,
-        "flagged_at": datetime.now(UTC).isoformat(timespec="seconds"),
-    })
-
-
-def append_flag(path: str | os.PathLike, record: Mapping[str, Any]) -> dict[str, Any]:
-    """Check `record` and append it to the JSON Lines file `path`, flushed and fsynced before
-    returning. A bad record raises and leaves the file as it was."""
-    record = validate_flag(record, where=f"new flag for {path}")
-    append_jsonl(path, record)
-    return record
-
-
-def load_flags(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Every flag record of `path`, checked; an error names the file and line."""
-    return load_checked(path, validate_flag, FlagError, raise_as=FlagError, advice="")
-
-
 # --------------------------------------------------------------------------------------------
 # Stage `moderation` (notebook 09)
 # --------------------------------------------------------------------------------------------
@@ -526,8 +419,6 @@ def train_moderation_stage(cfg, run_dir, progress: bool = True) -> dict[str, Any
     """Stage `moderation`: train the filter on the world's training phrasings, save it to
     RUN_DIR/moderation/, and report precision and recall on held-out phrasings (the report's
     `moderation.*`: overall, then `user` and `assistant`)."""
-    from rlhf_course.runs import StageTimer, seed_everything, stage_dir
-
     out = stage_dir(run_dir, "moderation")
     seed_everything(cfg.seed, "moderation")
     with StageTimer() as timer:
@@ -540,8 +431,6 @@ def train_moderation_stage(cfg, run_dir, progress: bool = True) -> dict[str, Any
 
 def load_run_moderator(run_dir) -> Moderator:
     """The filter stage `moderation` saved in RUN_DIR/moderation/."""
-    from rlhf_course.runs import require
-
     return Moderator.load(require(run_dir, "moderation", MODERATOR))
 
 

@@ -10,6 +10,7 @@ import io
 import os
 from pathlib import Path
 
+import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -17,7 +18,7 @@ from matplotlib.figure import Figure
 def in_notebook() -> bool:
     """True inside a running IPython kernel (JupyterLab, Colab, papermill), else False."""
     try:
-        from IPython import get_ipython
+        from IPython import get_ipython  # IPython only inside a notebook
     except ImportError:
         return False
     shell = get_ipython()
@@ -28,7 +29,7 @@ def display_figure(fig: Figure) -> None:
     """Show `fig` as a PNG in a notebook (every frontend renders one); nothing outside one."""
     if not in_notebook():
         return
-    from IPython.display import Image, display
+    from IPython.display import Image, display  # IPython only inside a notebook
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
@@ -58,7 +59,7 @@ class _LiveFigure:
 
     def show(self) -> None:
         """Display the plot, replacing the image this object displayed before (notebooks only)."""
-        from IPython.display import Image, display
+        from IPython.display import Image, display  # IPython only inside a notebook
 
         # An Image, not the Figure: every frontend renders a PNG without a matplotlib backend.
         image = Image(self.png())
@@ -234,8 +235,6 @@ def overopt_gold_fit(kind: str, gold0: float, alpha: float, beta: float, d):
     """Gao, Schulman & Hilton (2022)'s gold-score curves against d = sqrt(KL): best-of-n
     `gold0 + d(alpha - beta d)`, RL `gold0 + d(alpha - beta ln d)` (0 at d = 0). `d` is a
     float or a numpy array; the result has the same shape."""
-    import numpy as np
-
     d = np.asarray(d, dtype=float)
     if kind == "bon":
         return gold0 + d * (alpha - beta * d)
@@ -256,8 +255,6 @@ def overopt_plot(overopt: dict, show: bool = True) -> Figure:
     highest measured gold as a star. Gold peaking and falling while the proxy keeps rising is
     over-optimisation of the reward model.
     """
-    import numpy as np
-
     kinds = [k for k in OVEROPT_PANELS if isinstance(overopt.get(k), dict) and overopt[k].get("points")]
     fig = _new_figure((5.2 * max(1, len(kinds)), 3.8))
     if not kinds:

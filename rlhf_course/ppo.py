@@ -28,6 +28,7 @@ Shapes: B replies in a batch, R reply tokens (right-padded after the end token),
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import math
@@ -41,12 +42,19 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+from transformers import AutoModelForSequenceClassification
 
-from rlhf_course.config import PPOConfig
-from rlhf_course.evaluate import heldout_tasks, probe_tasks
+from rlhf_course.config import PPOConfig, RewardConfig, parse_field
 from rlhf_course.generation import left_pad, right_pad, sample_ids, trim_reply
-from rlhf_course.models import save_base
-from rlhf_course.runs import StageStopped, StageTimer, require, stage_dir
+from rlhf_course.hardware import use_lora
+from rlhf_course.heldout import GoldEval, heldout_tasks, probe_tasks, saved_replies, win_rate
+from rlhf_course.hh import training_prompts
+from rlhf_course.models import load_checkpoint, save_base, trainable, with_lora
+from rlhf_course.rankings import COMPARISONS, load_comparisons
+from rlhf_course.reward import load_reward_model_from
+from rlhf_course.runs import StageStopped, StageTimer, require, stage_dir, update_report
+from rlhf_course.sft import load_sft_data
+from rlhf_course.training import resolve_precision
 from rlhf_course.world import Annotators, Task, World, gold_score
 
 HISTORY = "history.jsonl"
@@ -400,9 +408,6 @@ class OracleReward:
     def from_run(cls, kind: str, run_dir, cfg: PPOConfig) -> OracleReward:
         """The `kind` reward with the annotators of `RewardConfig`'s preset (those stage
         `comparisons` ranked with) and offset and scale from RUN_DIR/comparisons/."""
-        from rlhf_course.comparisons import COMPARISONS, load_comparisons
-        from rlhf_course.config import RewardConfig
-
         rcfg = RewardConfig.preset(cfg.profile, seed=cfg.seed)
         oracle = cls(kind, Annotators(rcfg.annotator_sharpness, rcfg.annotator_length_bias, seed=cfg.seed))
         records = load_comparisons(require(run_dir, "comparisons", COMPARISONS, profile=cfg.profile))
@@ -431,7 +436,6 @@ def reward_ladder(cfg: PPOConfig, run_dir, progress: bool = True) -> dict:
 def _training_tasks(cfg: PPOConfig, processes: int, prompt_seed: int) -> list[Task]:
     # Training prompts, disjoint in seed from the comparisons' (seed) and evaluation's (held-out).
     if cfg.track == "hh":  # every batch also holds HH-RLHF prompts (hh.PromptTask, no gold)
-        from rlhf_course.hh import training_prompts
 
         return training_prompts(cfg, processes, prompt_seed)
     return World(cfg.seed).tasks("train", cfg.steps * cfg.batch_size * processes, seed=prompt_seed)
@@ -440,8 +444,6 @@ def _training_tasks(cfg: PPOConfig, processes: int, prompt_seed: int) -> list[Ta
 def _ptx_batches(run_dir, tokenizer, cfg: PPOConfig):
     """An endless, seeded stream of (input_ids, attention_mask) batches of SFT conversations for
     the PPO-ptx term."""
-    from rlhf_course.sft import load_sft_data
-
     data = load_sft_data(run_dir, cfg.profile)
     texts = [tokenizer.apply_chat_template(m, tokenize=False) for m in data["messages"]]
     encoded = [ids[-tokenizer.model_max_length:] for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
@@ -472,14 +474,8 @@ def train_ppo(cfg: PPOConfig, run_dir, live_plot: Callable[[int, dict], object] 
     on `curve_prompts` held-out prompts before training and every `curve_every` steps
     (OUT/curve.jsonl, and `curve` in the result): the points of an over-optimisation plot.
     """
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from transformers import AutoModelForSequenceClassification
-
-    from rlhf_course.hardware import use_lora
-    from rlhf_course.models import load_checkpoint, trainable, with_lora
-    from rlhf_course.pretrain import resolve_precision
-    from rlhf_course.reward import load_reward_model_from
+    from accelerate import Accelerator  # accelerate takes a second to import: only when PPO trains
+    from accelerate.utils import set_seed  # the same
 
     _check_config(cfg)
     own_stage = paths is None  # stage `ppo` itself, not a run of iterate, eval or the ladder
@@ -703,7 +699,9 @@ def _accelerator(accelerator_cls, cuda: bool, precision: str):
     per process and refuses another; an earlier stage in the same process (TRL's trainers build
     an Accelerator, and `rlhf-course run` runs every stage in one process) may have fixed a
     different one, so that per-process choice is dropped first. The process group, if any, stays."""
-    from accelerate.state import AcceleratorState
+    from accelerate.state import (
+        AcceleratorState,  # accelerate takes a second to import: only when PPO trains
+    )
 
     mixed = {"bf16": "bf16", "fp16": "fp16"}.get(precision, "no")
     if AcceleratorState._shared_state.get("_mixed_precision", mixed) != mixed:
@@ -801,8 +799,6 @@ def evaluate_ppo(policy_model, ref_model, tokenizer, reward_model, run_dir, cfg:
     """The report figures of `ppo` on the held-out prompts every stage reports on: gold, proxy
     reward, the per-reply KL to SFT and the win rate against SFT's own replies (one sampled reply
     per prompt at the evaluation temperature, ties half), with a per-family table of both."""
-    from rlhf_course.evaluate import GoldEval, saved_replies, win_rate
-
     world = World(cfg.seed)
     tasks = heldout_tasks(world, cfg, run_dir)
     ro = rollout(policy_model, tokenizer, tasks, cfg.max_new_tokens, cfg.temperature, cfg.eval_batch_size, cfg.seed)
@@ -847,11 +843,6 @@ def evaluate_ppo(policy_model, ref_model, tokenizer, reward_model, run_dir, cfg:
 def main(argv: Sequence[str] | None = None) -> int:
     """`accelerate launch [--num_processes N] -m rlhf_course.ppo --out RUN_DIR [--set FIELD=VALUE]`:
     the `ppo` stage in several processes (data-parallel); the main process writes the report."""
-    import argparse
-
-    from rlhf_course.cli import _convert
-    from rlhf_course.runs import update_report
-
     parser = argparse.ArgumentParser(prog="python -m rlhf_course.ppo", description=main.__doc__)
     parser.add_argument("--out", required=True, help="the run folder (with sft/ and rm/ in it)")
     parser.add_argument("--profile", default="cpu", help="hardware profile (default cpu)")
@@ -861,7 +852,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = {}
     for item in args.set:
         key, _, raw = item.partition("=")
-        overrides[key] = _convert(PPOConfig, key, raw)
+        overrides[key] = parse_field(PPOConfig, key, raw)
     try:
         result = train_ppo(PPOConfig.preset(args.profile, **overrides), args.out, progress=False)
     except PPOStopped as err:

@@ -8,7 +8,6 @@ documents end to end, predict every next token, AdamW with warm-up and cosine de
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,15 +17,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from rlhf_course.config import BaseConfig
-from rlhf_course.evaluate import (
-    GoldEval,
-    best_possible,
-    evaluate_policy,
-    heldout_tasks,
-    probe_tasks,
-)
+from rlhf_course.heldout import GoldEval, best_possible, evaluate_policy, heldout_tasks, probe_tasks
 from rlhf_course.models import build_model, count_params, load_base, save_base, train_tokenizer
 from rlhf_course.runs import StageTimer, peak_rss_mb, stage_dir
+from rlhf_course.training import bf16_is_fast, warmup_cosine
 from rlhf_course.world import World
 
 PLOT_EVERY = 20
@@ -70,47 +64,6 @@ def pack_documents(tokenizer, texts: list[str], block_size: int) -> torch.Tensor
             f"block of block_size={block_size} + 1; give more text or a smaller block_size"
         )
     return stream[: n_blocks * block_size + 1].unfold(0, block_size + 1, block_size).contiguous()
-
-
-def bf16_is_fast(device: torch.device | str = "cpu") -> bool:
-    """True where bf16 matrix multiplies run natively (CUDA bf16, x86 AVX512-BF16 or AMX).
-
-    On such CPUs bf16 matmuls run about 2.4x faster than fp32 (measured on 2 Zen 4 cores);
-    elsewhere bf16 is emulated and slower, so training stays in fp32.
-    """
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type != "cpu":
-        return False
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private, torch >= 2.3
-    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
-
-
-def resolve_precision(cfg, device: torch.device | str) -> str:
-    """A stage config's `precision` made concrete. 'auto' on a GPU follows the profile: fp16 with
-    loss scaling for `t4` (a T4 has no bf16; also when a T4 is emulated on a bigger GPU), bf16 for
-    `a100` (fp16 if the GPU lacks bf16). On a CPU, bf16 where the chip multiplies it natively, else
-    fp32. Shared by every stage that trains, so they choose alike."""
-    from rlhf_course.hardware import emulating_t4
-
-    device = torch.device(device)
-    if cfg.precision == "auto":
-        if device.type == "cuda":
-            t4 = getattr(cfg, "profile", "t4") != "a100" or emulating_t4()
-            return "fp16" if t4 or not bf16_is_fast(device) else "bf16"
-        return "bf16" if bf16_is_fast(device) else "fp32"
-    if cfg.precision not in ("fp32", "bf16", "fp16"):
-        raise ValueError(f"{type(cfg).__name__}.precision={cfg.precision!r}: use 'auto', 'fp32', 'bf16' or 'fp16'")
-    return cfg.precision
-
-
-def lr_at(step: int, cfg: BaseConfig) -> float:
-    """Learning rate at optimizer step `step` (0-based): linear warm-up, then cosine to 10%."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
 
 
 def make_optimizer(model: torch.nn.Module, cfg: BaseConfig) -> torch.optim.AdamW:
@@ -171,7 +124,7 @@ def pretrain(
             idx, order = order[: cfg.batch_size], order[cfg.batch_size :]
             batch = blocks[idx.to(device)]
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, cfg)
+                group["lr"] = warmup_cosine(step, cfg.steps, cfg.lr, cfg.warmup_steps, floor=0.1)
 
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 logits = model(input_ids=batch[:, :-1]).logits  # (B, T, V)

@@ -69,9 +69,7 @@ def render_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = No
 def inline_report(path: str | os.PathLike, height: int = 900):
     """The HTML report at `path`, shown inside a notebook's output (JupyterLab, Colab): a framed
     page of its own, so its styles do not leak into the notebook's. Returns an IPython object."""
-    import html
-
-    from IPython.display import HTML
+    from IPython.display import HTML  # IPython only inside a notebook
 
     page = Path(path).read_text(encoding="utf-8")
     # Inside a <div>: IPython warns about a bare <iframe> (it suggests IFrame, which needs a URL

@@ -34,23 +34,26 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
-from rlhf_course.comparisons import (
+from rlhf_course.config import BaseConfig, RewardConfig
+from rlhf_course.data import write_jsonl
+from rlhf_course.generation import right_pad
+from rlhf_course.hardware import use_lora
+from rlhf_course.hh import preference_accuracy
+from rlhf_course.models import trainable, with_lora
+from rlhf_course.rankings import (
     COMPARISONS,
     HELDOUT_COMPARISONS,
     HH_COMPARISONS,
     HH_HELDOUT_COMPARISONS,
     HUMAN_COMPARISONS,
     load_comparisons,
-    ranking_pairs,
+    pairwise_accuracy,
 )
-from rlhf_course.config import BaseConfig, RewardConfig
-from rlhf_course.data import write_jsonl
-from rlhf_course.generation import right_pad
-from rlhf_course.hardware import use_lora
-from rlhf_course.models import trainable, with_lora
-from rlhf_course.pretrain import resolve_precision
 from rlhf_course.runs import (
+    MissingStageOutput,
     StageTimer,
     raise_corrupt,
     require,
@@ -58,6 +61,7 @@ from rlhf_course.runs import (
     stage_dir,
     write_text_atomic,
 )
+from rlhf_course.training import resolve_precision, warmup_cosine
 from rlhf_course.world import FAMILIES, Annotators, Task, gold_score
 
 HELDOUT_SCORES = "heldout_scores.jsonl"
@@ -102,9 +106,6 @@ def ranking_loss(rewards: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 def build_reward_model(sft_path: str | Path, profile: str = "cpu", device: str | None = None):
     """`(tokenizer, model)`: the SFT checkpoint under a freshly initialised scalar head
     (`AutoModelForSequenceClassification`, one label), which reads the last non-pad token."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
     dtype = BaseConfig.preset(profile).dtype
     tokenizer = AutoTokenizer.from_pretrained(sft_path)
     # transformers reports the head as "MISSING" from the checkpoint; that is the point here.
@@ -200,8 +201,6 @@ def load_reward_model(run_dir, profile: str = "cpu", device: str | None = None) 
 def load_reward_model_from(folder, profile: str = "cpu", device: str | None = None) -> RewardModel:
     """A reward model from a folder holding model/ and normalisation.json (stage `rm`'s, or an
     iteration round's). A missing or unreadable file raises with the path in the message."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
     folder = Path(folder)
     norm_path, path = folder / NORMALISATION, folder / "model"
     for needed in (norm_path, path):
@@ -223,17 +222,6 @@ def load_reward_model_from(folder, profile: str = "cpu", device: str | None = No
 # --------------------------------------------------------------------------------------------
 # Measuring a reward model (pure functions of scores)
 # --------------------------------------------------------------------------------------------
-
-
-def pairwise_accuracy(scores: Sequence[Sequence[float]], rankings: Sequence[Sequence[int]]) -> float:
-    """Share of all ranked pairs (K-choose-2 per ranking) that `scores` order the same way.
-    A pair the model scores exactly equal counts half. `scores[g][i]` is reply i of ranking g."""
-    agree = total = 0.0
-    for s, ranking in zip(scores, rankings, strict=True):
-        for win, lose in ranking_pairs(ranking):
-            total += 1
-            agree += 1.0 if s[win] > s[lose] else 0.5 if s[win] == s[lose] else 0.0
-    return agree / total if total else float("nan")
 
 
 def gold_accuracy(scores: Sequence[Sequence[float]], golds: Sequence[Sequence[float]], margin: float) -> tuple[float, int]:
@@ -286,14 +274,6 @@ def _load(run_dir, name: str, profile: str, required: bool = True) -> list[dict]
         raise_corrupt(run_dir, "comparisons", name, err, profile=profile)
 
 
-def lr_at(step: int, total: int, cfg: RewardConfig) -> float:
-    """Learning rate at optimizer step `step`: linear warm-up, then cosine decay to 0."""
-    warm = max(1, round(cfg.warmup_ratio * total))
-    if step < warm:
-        return cfg.lr * (step + 1) / warm
-    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
-
-
 def train_reward_model(cfg: RewardConfig, run_dir, live_plot: Callable[[int, float], object] | None = None,
                        progress: bool = True) -> dict:
     """Stage `rm`: train RUN_DIR/rm/model on RUN_DIR/comparisons/ (simulated and human
@@ -332,7 +312,6 @@ def train_reward_model(cfg: RewardConfig, run_dir, live_plot: Callable[[int, flo
         people = Annotators(cfg.annotator_sharpness, cfg.annotator_length_bias, seed=cfg.seed)
         metrics = reward_metrics(rows, [r["ranking"] for r in heldout], cfg.gold_margin, people)
         if cfg.track == "hh":
-            from rlhf_course.hh import preference_accuracy
 
             acc, pairs = preference_accuracy(
                 lambda contexts, replies: rm.score(contexts, replies, cfg.score_batch_size, progress), hh_heldout)
@@ -358,8 +337,6 @@ def train_reward_model(cfg: RewardConfig, run_dir, live_plot: Callable[[int, flo
 
 def _load_hh(run_dir, cfg: RewardConfig) -> tuple[list[dict], list[dict]]:
     """Track 'hh': the HH-RLHF training and held-out rankings stage `comparisons` wrote."""
-    from rlhf_course.runs import MissingStageOutput
-
     try:
         return _load(run_dir, HH_COMPARISONS, cfg.profile), _load(run_dir, HH_HELDOUT_COMPARISONS, cfg.profile)
     except MissingStageOutput as err:
@@ -414,7 +391,7 @@ def fit(model, tokenizer, records: Sequence[dict], cfg: RewardConfig,
             raise FloatingPointError(f"reward model loss is {loss.item()} at step {step}; lower "
                                      f"RewardConfig.lr (now {cfg.lr}) or use precision='fp32'")
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, total, cfg)
+            group["lr"] = warmup_cosine(step, total, cfg.lr, max(1, round(cfg.warmup_ratio * total)))
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(params, 1.0)

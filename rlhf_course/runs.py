@@ -17,18 +17,26 @@ leaves either the old file or the new one, never half of one.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import gc
 import json
 import math
 import os
+import random
 import re
 import resource
 import shlex
 import sys
 import tempfile
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
+
+import numpy as np
+
+from rlhf_course.hardware import check_profile, detect_profile
 
 REPORT_NAME = "report.json"
 METRICS_DIR = "metrics"
@@ -263,9 +271,6 @@ def release_memory() -> bool:
     changes no number, only what `peak_rss_mb` and the operating system see. Elsewhere it only
     collects garbage.
     """
-    import ctypes
-    import gc
-
     gc.collect()
     if not sys.platform.startswith("linux"):
         return False
@@ -284,11 +289,7 @@ def seed_everything(seed: int, stage: str) -> int:
     earlier stages had already drawn from it) and a test. Each stage calls this first, so the
     same seed gives the same numbers whichever way, and in whatever process, the stage is run.
     """
-    import random
-    import zlib
-
-    import numpy as np
-    import torch
+    import torch  # torch takes seconds to import: the CLI imports runs before any stage
 
     derived = zlib.crc32(f"{stage}:{seed}".encode())
     random.seed(derived)
@@ -515,8 +516,6 @@ def resolve_profile(run_dir: str | os.PathLike, profile: str | None = None) -> s
     whose stages mixed a tiny cpu model with a t4 one would give numbers that mean nothing, so
     a mismatch raises `ProfileMismatch` saying which profile the run has and what to do.
     """
-    from rlhf_course.hardware import check_profile, detect_profile
-
     recorded = recorded_profile(run_dir)
     if profile is not None:
         check_profile(profile)

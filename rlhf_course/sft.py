@@ -31,7 +31,8 @@ from rlhf_course.data import (
     to_hf_dataset,
     write_jsonl,
 )
-from rlhf_course.evaluate import (
+from rlhf_course.hardware import use_lora
+from rlhf_course.heldout import (
     best_possible,
     evaluate_policy,
     excluded_count,
@@ -40,10 +41,10 @@ from rlhf_course.evaluate import (
     saved_replies,
     win_rate,
 )
-from rlhf_course.hardware import use_lora
+from rlhf_course.hh import mix_in, real_demonstrations
 from rlhf_course.models import load_checkpoint, save_base, trainable
-from rlhf_course.pretrain import resolve_precision
 from rlhf_course.runs import StageTimer, raise_corrupt, require, seed_everything, stage_dir
+from rlhf_course.training import resolve_precision
 from rlhf_course.world import World, gold_score
 
 HUMAN_DEMOS = "human.jsonl"
@@ -77,7 +78,6 @@ def build_demonstrations(cfg: SFTConfig, run_dir) -> dict:
     records = mix(dialogues + human, instructions, cfg.instruction_fraction, seed=cfg.seed)
     hh_skipped = None
     if cfg.track == "hh":
-        from rlhf_course.hh import mix_in, real_demonstrations
 
         real, hh_skipped = real_demonstrations(cfg.hh_demos, cfg.hh_instructions, cfg.hh_demo_count,
                                                cfg.instruction_fraction, seed=cfg.seed)
@@ -121,7 +121,7 @@ class _LossToPlot(TrainerCallback):
 def trl_config(cfg: SFTConfig, output_dir: Path, device: str, progress: bool = True):
     """TRL's SFTConfig for our stage config: precision and gradient checkpointing set per profile
     (TRL defaults to bf16 and checkpointing on, an error and a slowdown on a CPU)."""
-    from trl import SFTConfig as TRLSFTConfig
+    from trl import SFTConfig as TRLSFTConfig  # trl takes seconds to import: only when SFT trains
 
     precision = resolve_precision(cfg, device)
     return TRLSFTConfig(
@@ -155,7 +155,7 @@ def lora_config(cfg: SFTConfig, lora: bool | None = None):
     `cfg.lora` when `lora` is None)."""
     if not (cfg.lora if lora is None else lora):
         return None
-    from peft import LoraConfig
+    from peft import LoraConfig  # peft takes a second to import: only for LoRA
 
     return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
                       target_modules="all-linear", task_type="CAUSAL_LM")
@@ -177,7 +177,7 @@ def train_sft(cfg: SFTConfig, run_dir, live_plot=None, progress: bool = True) ->
 
     Re-running after an interruption resumes from the last checkpoint in RUN_DIR/sft/checkpoints.
     """
-    from trl import SFTTrainer
+    from trl import SFTTrainer  # trl takes seconds to import: only when SFT trains
 
     if cfg.eval_prompts < 200:
         raise ValueError(f"SFTConfig.eval_prompts={cfg.eval_prompts}: sft.gold is defined on at "

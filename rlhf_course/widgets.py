@@ -28,7 +28,9 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from rlhf_course.comparisons import (
+from rlhf_course.data import append_jsonl, read_jsonl, validate_conversation
+from rlhf_course.generation import generate_replies
+from rlhf_course.rankings import (
     ComparisonError,
     RankItem,
     agreement,
@@ -37,8 +39,6 @@ from rlhf_course.comparisons import (
     load_comparisons,
     undo_last_comparison,
 )
-from rlhf_course.data import append_jsonl, read_jsonl, validate_conversation
-from rlhf_course.generation import generate_replies
 from rlhf_course.world import gold_score
 
 Suggester = Callable[[list[dict]], str]
@@ -326,7 +326,7 @@ class DemonstrationWriter:
         self._render()
 
     def _ipython_display_(self):
-        from IPython.display import display
+        from IPython.display import display  # IPython only inside a notebook
 
         display(self.widget)
 
@@ -717,7 +717,7 @@ class RankingWidget:
         self._render("Click the replies from best to worst, then Submit.")
 
     def _ipython_display_(self):
-        from IPython.display import display
+        from IPython.display import display  # IPython only inside a notebook
 
         display(self.widget)
 

@@ -29,13 +29,7 @@ import random
 import sys
 from pathlib import Path
 
-from rlhf_course.comparisons import (
-    RankItem,
-    annotator_agreement_on,
-    distinct_replies,
-    preference_rows,
-    rank_with_annotators,
-)
+from rlhf_course.comparisons import distinct_replies, rank_with_annotators
 from rlhf_course.config import RewardConfig, SFTConfig
 from rlhf_course.data import (
     SimulatedTrainers,
@@ -44,6 +38,7 @@ from rlhf_course.data import (
     mix,
     write_jsonl,
 )
+from rlhf_course.rankings import RankItem, annotator_agreement_on, preference_rows
 from rlhf_course.world import Annotators, World
 
 SEED = 0

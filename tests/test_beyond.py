@@ -91,7 +91,7 @@ def test_a_methods_steps_reach_the_progress_bar_as_they_come(tmp_path, monkeypat
         "(out / 'trained.json').write_text(json.dumps({'method': 'dpo', 'train_seconds': 1.0}))\n"
     )
     monkeypatch.setattr(beyond, "_child_command", _fake_child(script))
-    monkeypatch.setattr("tqdm.auto.tqdm", Bar)
+    monkeypatch.setattr(beyond, "tqdm", Bar)
     record = beyond._run_child("dpo", BeyondConfig.preset("cpu"), tmp_path)
     assert record == {"method": "dpo", "train_seconds": 1.0}
     assert seen == [(1, 3), (2, 3), (3, 3)]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from rlhf_course.comparisons import load_comparisons
+from rlhf_course.rankings import load_comparisons
 from rlhf_course.world import World
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]

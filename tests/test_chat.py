@@ -3,7 +3,6 @@ widget driven headlessly (send, regenerate, clear, feedback, flags)."""
 
 import html
 import sys
-import types
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -13,6 +12,7 @@ from _corpus import synthetic_corpus
 from test_generation import PROMPTS, run_quietly, tiny_llama
 from transformers import LlamaConfig
 
+from rlhf_course import chat as chat_module
 from rlhf_course.chat import (
     ChatState,
     ChatWidget,
@@ -36,8 +36,8 @@ from rlhf_course.chat import (
     write_flag,
 )
 from rlhf_course.config import BaseConfig
-from rlhf_course.data import append_jsonl, read_jsonl
-from rlhf_course.feedback import load_feedback
+from rlhf_course.data import read_jsonl
+from rlhf_course.feedback import Verdict, load_feedback
 from rlhf_course.generation import encode_prompts, generate_replies
 from rlhf_course.models import build_model, save_base, train_tokenizer
 
@@ -108,19 +108,7 @@ class FakeModerator:
             label = self.assistant
         else:
             label = next((lab for word, lab in self.user.items() if word in text), "allow")
-        return FakeVerdict(label, None if label == "allow" else "violence", 0.9 if label != "allow" else 0.01, role)
-
-
-@pytest.fixture
-def moderation_module(monkeypatch):
-    """A stand-in for `rlhf_course.moderation` (written elsewhere) with its flag functions."""
-    mod = types.ModuleType("rlhf_course.moderation")
-    mod.flag_record = lambda text, role, verdict, kind, comment="": {
-        "text": text, "role": role, "label": verdict.label, "category": verdict.category,
-        "kind": kind, "comment": comment}
-    mod.append_flag = append_jsonl
-    monkeypatch.setitem(sys.modules, "rlhf_course.moderation", mod)
-    return mod
+        return Verdict(label, None if label == "allow" else "poison", 0.9 if label != "allow" else 0.01, role)
 
 
 def ask(text):
@@ -384,7 +372,7 @@ def test_flag_kinds_follow_the_verdict():
 
 def test_flags_of_the_chat_are_valid_flags_of_the_moderation_module(tmp_path):
     from rlhf_course.chat import write_flag
-    from rlhf_course.moderation import Verdict, load_flags
+    from rlhf_course.feedback import Verdict, load_flags
 
     path = tmp_path / "flags.jsonl"
     for label, category, score in (("allow", None, 0.1), ("warn", "poison", 0.5), ("block", "poison", 0.9)):
@@ -395,24 +383,27 @@ def test_flags_of_the_chat_are_valid_flags_of_the_moderation_module(tmp_path):
         ("allow", "false_negative"), ("warn", "false_positive"), ("block", "false_positive")]
 
 
-def test_flags_go_through_the_moderation_module(tmp_path, moderation_module):
+def test_flags_are_checked_records_of_the_verdict(tmp_path):
     path = tmp_path / "flags.jsonl"
     s = add_user_message(ChatState(), "a fight", FakeModerator({"fight": "block"}))
     with pytest.raises(ValueError, match="only be flagged as false_positive"):
         flag(s, 0, "false_negative", path)
     s = flag(s, 0, "false_positive", path, comment="it is a boxing match")
     assert s.messages[0].flagged == "false_positive"
-    assert read_jsonl(path) == [{"text": "a fight", "role": "user", "label": "block", "category": "violence",
-                                 "kind": "false_positive", "comment": "it is a boxing match"}]
+    (record,) = read_jsonl(path)
+    assert {k: record[k] for k in ("text", "role", "kind", "comment")} == {
+        "text": "a fight", "role": "user", "kind": "false_positive", "comment": "it is a boxing match"}
+    assert record["verdict"] == {"label": "block", "category": "poison", "score": 0.9, "role": "user"}
     with pytest.raises(ValueError, match="did not judge"):
         flag(add_user_message(ChatState(), "hi"), 0, "false_negative", path)
 
 
-def test_flagging_without_the_moderation_module_says_so(tmp_path, monkeypatch):
+def test_flagging_needs_no_stage_module(tmp_path, monkeypatch):
+    # The chat writes flags through `feedback`; stage `moderation` (which trains the filter) may
+    # be absent, as when a learner chats before notebook 09's training cell.
     monkeypatch.setitem(sys.modules, "rlhf_course.moderation", None)  # as if it did not exist
-    with pytest.raises(ImportError, match="Flagging needs rlhf_course.moderation"):
-        write_flag(tmp_path / "f.jsonl", "t", "user", FakeVerdict("block", "x", 1.0, "user"), "false_positive")
-    assert not (tmp_path / "f.jsonl").exists()
+    write_flag(tmp_path / "f.jsonl", "t", "user", Verdict("block", "poison", 1.0, "user"), "false_positive")
+    assert [r["kind"] for r in read_jsonl(tmp_path / "f.jsonl")] == ["false_positive"]
 
 
 # --------------------------------------------------------------------------- unicode
@@ -564,7 +555,7 @@ def test_widget_moderation_on_input_and_output(tokenizer, tmp_path):
     assert "warns about this reply" in w.rows[2].html.value and w.rows[2].up is not None
 
 
-def test_widget_flag_buttons_write_flags(tokenizer, tmp_path, moderation_module):
+def test_widget_flag_buttons_write_flags(tokenizer, tmp_path):
     w = ChatWidget(two_models(tokenizer), tmp_path / "fb.jsonl", moderator=FakeModerator({"fight": "warn"}))
     w.text.value = "a pillow fight"
     w.send.click()
@@ -573,7 +564,7 @@ def test_widget_flag_buttons_write_flags(tokenizer, tmp_path, moderation_module)
     w.rows[0].flags["false_positive"].click()
     w.rows[1].flags["false_negative"].click()
     assert w.error is None and "Flag saved to flags.jsonl" in w.status.value
-    assert [(r["role"], r["kind"], r["label"]) for r in read_jsonl(tmp_path / "flags.jsonl")] == [
+    assert [(r["role"], r["kind"], r["verdict"]["label"]) for r in read_jsonl(tmp_path / "flags.jsonl")] == [
         ("user", "false_positive", "warn"), ("assistant", "false_negative", "allow")]
     assert w.rows[0].flags["false_positive"].button_style == "warning"
 
@@ -602,12 +593,15 @@ def test_widget_shows_errors_instead_of_raising(tokenizer, tmp_path, monkeypatch
     models["sft"][1].fail = True
     w.regenerate.click()  # a failed regeneration keeps the reply it would have replaced
     assert w.error and w.state.messages[-1].text == "Ada Lovelace was born in 1815."
-    monkeypatch.setitem(sys.modules, "rlhf_course.moderation", None)
+    def disk_full(path, record):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(chat_module, "append_flag", disk_full)
     w.text.value = "x marks"
     models["sft"][1].fail = False
     w.send.click()
     w.rows[2].flags["false_positive"].click()
-    assert w.error.startswith("ImportError: Flagging needs rlhf_course.moderation")
+    assert w.error == "OSError: No space left on device" and w.error in w.status.value
 
 
 def test_widget_refuses_no_models_and_unknown_stage(tokenizer, tmp_path):

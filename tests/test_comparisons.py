@@ -7,23 +7,25 @@ import numpy as np
 import pytest
 
 from rlhf_course.comparisons import (
+    distinct_replies,
+    pick_turn,
+    rank_with_annotators,
+    training_contexts,
+)
+from rlhf_course.data import DataFormatError
+from rlhf_course.rankings import (
     COMPARISONS,
     HELDOUT_COMPARISONS,
     ComparisonError,
     RankItem,
     append_comparison,
-    distinct_replies,
     load_comparisons,
-    pick_turn,
     preference_rows,
-    rank_with_annotators,
     ranking_pairs,
     rankings_dataset,
-    training_contexts,
     undo_last_comparison,
     validate_ranking,
 )
-from rlhf_course.data import DataFormatError
 from rlhf_course.world import Annotators, World
 
 
@@ -174,8 +176,9 @@ def test_stages_need_their_inputs_and_say_which_stage_makes_them(tmp_path):
 
 @pytest.mark.slow
 def test_comparisons_then_reward_model_on_a_tiny_run(tiny_run):
-    from rlhf_course.comparisons import HUMAN_COMPARISONS, collect_comparisons
+    from rlhf_course.comparisons import collect_comparisons
     from rlhf_course.config import RewardConfig
+    from rlhf_course.rankings import HUMAN_COMPARISONS
     from rlhf_course.reward import (
         HELDOUT_SCORES,
         NORMALISATION,

@@ -10,18 +10,14 @@ import numpy as np
 import pytest
 
 from rlhf_course.evaluate import (
-    GoldEval,
     behaviour_rates,
     behaviour_tasks,
     best_of_n,
-    best_possible,
     fit_overopt,
     gold_peak,
     phrasing_consistency,
-    side_by_side,
-    win_rate,
-    win_rates_by_family,
 )
+from rlhf_course.heldout import GoldEval, best_possible, side_by_side, win_rate, win_rates_by_family
 from rlhf_course.world import World, gold_score
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from _runs import TINY_PPO, copy_run, ppo_history, tiny_run
 
-from rlhf_course import hardware, ppo, pretrain
+from rlhf_course import hardware, ppo, training
 from rlhf_course.config import BaseConfig, PPOConfig, RewardConfig, SFTConfig
 from rlhf_course.hardware import plan_training, use_lora
 from rlhf_course.models import load_checkpoint, trainable, trusts_remote_code, with_lora
@@ -87,11 +87,11 @@ def test_use_lora_honours_a_set_value_and_otherwise_asks_the_plan(monkeypatch):
     ("cpu", False, False, "cpu", "fp32"),
 ])
 def test_precision_per_device(monkeypatch, profile, bf16, emulate, device, want):
-    monkeypatch.setattr(pretrain, "bf16_is_fast", lambda d: bf16)
+    monkeypatch.setattr(training, "bf16_is_fast", lambda d: bf16)
     monkeypatch.setenv(hardware.EMULATE_T4_ENV, "1" if emulate else "0")
     for cls in (SFTConfig, RewardConfig, PPOConfig):
-        assert pretrain.resolve_precision(cls.preset(profile), device) == want
-    assert pretrain.resolve_precision(PPOConfig.preset(profile, precision="fp32"), device) == "fp32"
+        assert training.resolve_precision(cls.preset(profile), device) == want
+    assert training.resolve_precision(PPOConfig.preset(profile, precision="fp32"), device) == "fp32"
 
 
 def _fake_cuda(monkeypatch, name: str, gib: float, bf16: bool) -> list:

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from rlhf_course.data import SimulatedTrainers, instruction_set
-from rlhf_course.evaluate import excluded_count, heldout_tasks, probe_tasks, trained_prompts
+from rlhf_course.heldout import excluded_count, heldout_tasks, probe_tasks, trained_prompts
 from rlhf_course.world import FAMILIES, World, bare_request, prompt_key
 
 CFG = SimpleNamespace(eval_prompts=480, seed=0)
@@ -79,7 +79,7 @@ def test_openers_and_closers_wrap_the_request_and_come_off(world):
 
 
 def test_rankings_of_main_prompts_made_only_to_measure_do_not_count_as_training(world, tmp_path):
-    from rlhf_course.comparisons import COMPARISONS, HELDOUT_COMPARISONS
+    from rlhf_course.rankings import COMPARISONS, HELDOUT_COMPARISONS
 
     main = heldout_tasks(world, CFG)
     (tmp_path / "comparisons").mkdir()

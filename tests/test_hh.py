@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from rlhf_course import hh
-from rlhf_course.comparisons import load_comparisons, validate_comparison
 from rlhf_course.config import TRACKS, PPOConfig, RewardConfig, SFTConfig
 from rlhf_course.data import load_demonstrations, read_jsonl, validate_conversation, write_jsonl
+from rlhf_course.rankings import load_comparisons, validate_comparison
 from rlhf_course.world import Task
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -296,7 +296,7 @@ def test_build_demonstrations_on_track_hh_adds_the_real_ones(tmp_path, hub_cache
 
 
 def test_reward_model_on_track_hh_needs_the_hh_rankings(tmp_path):
-    from rlhf_course.comparisons import COMPARISONS, HELDOUT_COMPARISONS
+    from rlhf_course.rankings import COMPARISONS, HELDOUT_COMPARISONS
     from rlhf_course.reward import _load_hh
     from rlhf_course.runs import MissingStageOutput
 
@@ -316,13 +316,9 @@ def test_comparisons_reward_model_and_ppo_on_track_hh(tmp_path, hub_cache):
     sys.path.insert(0, str(Path(__file__).parent))
     from _runs import TINY_PPO, TINY_RM, tiny_run
 
-    from rlhf_course.comparisons import (
-        COMPARISONS,
-        HH_COMPARISONS,
-        HH_HELDOUT_COMPARISONS,
-        collect_comparisons,
-    )
+    from rlhf_course.comparisons import collect_comparisons
     from rlhf_course.ppo import HISTORY, train_ppo
+    from rlhf_course.rankings import COMPARISONS, HH_COMPARISONS, HH_HELDOUT_COMPARISONS
     from rlhf_course.reward import train_reward_model
 
     run = tiny_run(tmp_path / "run")

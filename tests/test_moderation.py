@@ -10,17 +10,19 @@ import numpy as np
 import pytest
 
 from rlhf_course.config import ModerationConfig
-from rlhf_course.moderation import (
+from rlhf_course.feedback import (
     CATEGORIES,
-    Example,
     FlagError,
-    Moderator,
     Verdict,
     append_flag,
-    featurize,
     flag_record,
-    heldout_examples,
     load_flags,
+)
+from rlhf_course.moderation import (
+    Example,
+    Moderator,
+    featurize,
+    heldout_examples,
     metrics_from,
     moderation_metrics,
     train_moderator,

@@ -241,7 +241,7 @@ def test_09_chat(run_dir, tmp_path):
     # comparison; the harmful request was stopped before the model saw it.
     assert m["ratings"] == 2 and m["comparisons"] == 1
     assert m["last_verdict"] == "block"
-    from rlhf_course.comparisons import load_comparisons
+    from rlhf_course.rankings import load_comparisons
 
     assert any(r["ranker"] == "feedback:thumbs" for r in load_comparisons(run_dir / "comparisons" / "human.jsonl"))
 

@@ -61,8 +61,15 @@ def tiny_pipeline(run: Path) -> dict:
     from _runs import TINY_PPO, TINY_RM
 
     from rlhf_course.comparisons import collect_comparisons
-    from rlhf_course.config import (BaseConfig, EvalConfig, IterateConfig, ModerationConfig,
-                                    PPOConfig, RewardConfig, SFTConfig)
+    from rlhf_course.config import (
+        BaseConfig,
+        EvalConfig,
+        IterateConfig,
+        ModerationConfig,
+        PPOConfig,
+        RewardConfig,
+        SFTConfig,
+    )
     from rlhf_course.evaluate import evaluate_run
     from rlhf_course.iterate import iterate
     from rlhf_course.moderation import train_moderation_stage

@@ -10,7 +10,8 @@ import rlhf_course.pretrain as pretrain_module
 from rlhf_course.config import BaseConfig
 from rlhf_course.models import build_model, train_tokenizer
 from rlhf_course.plots import LiveLossPlot
-from rlhf_course.pretrain import PretrainResult, lr_at, make_optimizer, pack_documents, pretrain
+from rlhf_course.pretrain import PretrainResult, make_optimizer, pack_documents, pretrain
+from rlhf_course.training import bf16_is_fast, warmup_cosine
 
 TINY = dict(
     d_model=64, n_layers=1, n_heads=2, d_ff=128, max_seq_len=64, vocab_size=300,
@@ -44,13 +45,24 @@ def test_pack_documents_joins_with_end_and_overlaps_by_one(tokenizer):
 
 
 def test_lr_warms_up_then_decays_to_a_tenth():
+    # Pretraining's schedule: warm-up over warmup_steps, cosine to 10% of the peak.
     cfg = BaseConfig.preset("cpu", steps=100, warmup_steps=10, lr=1e-3)
-    lrs = [lr_at(s, cfg) for s in range(cfg.steps)]
+
+    def lr_at(step):
+        return warmup_cosine(step, cfg.steps, cfg.lr, cfg.warmup_steps, floor=0.1)
+
+    lrs = [lr_at(s) for s in range(cfg.steps)]
     assert lrs[0] == pytest.approx(1e-4)
     assert lrs[9] == pytest.approx(1e-3)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:], strict=False))
-    assert lr_at(cfg.steps, cfg) == pytest.approx(1e-4)
-    assert lr_at(55, cfg) == pytest.approx(1e-3 * (0.1 + 0.45 * (1 + math.cos(math.pi * 0.5))))
+    assert lr_at(cfg.steps) == pytest.approx(1e-4)
+    assert lr_at(cfg.steps + 50) == pytest.approx(1e-4)  # it stays at the floor
+    assert lr_at(55) == pytest.approx(1e-3 * (0.1 + 0.45 * (1 + math.cos(math.pi * 0.5))))
+
+
+def test_lr_without_warm_up_starts_at_the_peak():
+    assert warmup_cosine(0, 100, 1e-3, 0) == pytest.approx(1e-3)
+    assert warmup_cosine(50, 100, 1e-3, 0) == pytest.approx(5e-4)
 
 
 def test_weight_decay_on_matrices_only(tokenizer):
@@ -104,8 +116,8 @@ def test_pretrain_in_float32(tokenizer, corpus, monkeypatch):
 
 
 def test_bf16_detection_is_a_bool():
-    assert pretrain_module.bf16_is_fast("cpu") in (True, False)
-    assert pretrain_module.bf16_is_fast("meta") is False
+    assert bf16_is_fast("cpu") in (True, False)
+    assert bf16_is_fast("meta") is False
 
 
 def test_live_plot_headless_records_and_saves(tmp_path):

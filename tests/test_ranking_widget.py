@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from rlhf_course.comparisons import (
+from rlhf_course.rankings import (
     ComparisonError,
     RankItem,
     append_comparison,

@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
-from rlhf_course.config import RewardConfig
-from rlhf_course.reward import gold_accuracy, length_slope, lr_at, pairwise_accuracy, ranking_loss
+from rlhf_course.rankings import pairwise_accuracy
+from rlhf_course.reward import gold_accuracy, length_slope, ranking_loss
+from rlhf_course.training import warmup_cosine
 
 
 def _nls(x):  # -log sigmoid(x), by hand
@@ -79,11 +80,14 @@ def test_length_slope_is_measured_at_equal_gold():
 
 
 def test_lr_warms_up_then_decays_to_zero():
-    cfg = RewardConfig.preset("cpu", lr=1.0, warmup_ratio=0.1)
-    assert lr_at(0, 100, cfg) == pytest.approx(0.1)
-    assert lr_at(9, 100, cfg) == pytest.approx(1.0)
-    assert lr_at(10, 100, cfg) == pytest.approx(1.0)
-    assert lr_at(100, 100, cfg) == pytest.approx(0.0, abs=1e-9)
+    # The reward model's schedule: warm-up over warmup_ratio of the steps, cosine to 0.
+    def lr_at(step, total=100):
+        return warmup_cosine(step, total, 1.0, max(1, round(0.1 * total)))
+
+    assert lr_at(0) == pytest.approx(0.1)
+    assert lr_at(9) == pytest.approx(1.0)
+    assert lr_at(10) == pytest.approx(1.0)
+    assert lr_at(100) == pytest.approx(0.0, abs=1e-9)
 
 
 def test_family_table_counts_clear_pairs_per_family_for_the_rm_the_annotators_and_their_utility():

@@ -295,12 +295,12 @@ def test_outside_a_checkout_the_run_dir_stays_relative(tmp_path, monkeypatch):
 def test_profile_is_detected_recorded_and_reused(tmp_path, monkeypatch):
     import rlhf_course.hardware as hardware
 
-    monkeypatch.setattr(hardware, "detect_profile", lambda override=None: hardware.ProfileChoice("t4", "fake T4"))
+    monkeypatch.setattr(runs, "detect_profile", lambda override=None: hardware.ProfileChoice("t4", "fake T4"))
     run = tmp_path / "run"
     assert runs.recorded_profile(run) is None
     assert runs.resolve_profile(run) == "t4"  # a new run: detected, then recorded
     assert json.loads((run / runs.PROFILE_FILE).read_text()) == {"profile": "t4"}
-    monkeypatch.setattr(hardware, "detect_profile", lambda override=None: hardware.ProfileChoice("cpu", "no GPU"))
+    monkeypatch.setattr(runs, "detect_profile", lambda override=None: hardware.ProfileChoice("cpu", "no GPU"))
     assert runs.resolve_profile(run) == "t4"  # a later notebook keeps the run's, whatever it detects
     assert runs.resolve_profile(run, "t4") == "t4"
 
