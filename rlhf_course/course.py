@@ -11,14 +11,15 @@ COURSE_MAP = (
     ("01", "base model", "tokenizer + tiny pretraining (CPU) or a hub base model (GPU)",
      "world, models, pretrain"),
     ("02", "demonstrations", "trainers write both sides of a dialogue; instructions as dialogue",
-     "data, widgets"),
+     "data, demo_widget"),
     ("03", "SFT", "supervised fine-tuning, loss on assistant turns only", "sft"),
-    ("04", "comparisons", "sample K replies to a conversation and rank them", "comparisons, widgets"),
+    ("04", "comparisons", "sample K replies to a conversation and rank them",
+     "comparisons, ranking_widget"),
     ("05", "reward model", "ranking loss over all K-choose-2 pairs of a prompt", "reward"),
     ("06", "PPO", "PPO with a per-token KL penalty to the SFT policy, value model, GAE", "ppo"),
     ("07", "iterate", "new comparisons on the new policy, retrain the RM, PPO again", "iterate"),
     ("08", "evaluate", "SFT vs RLHF side by side, win rates, over-optimization", "evaluate, plots"),
-    ("09", "chat", "a chat box with moderation and thumbs up/down feedback", "widgets, moderation"),
+    ("09", "chat", "a chat box with moderation and thumbs up/down feedback", "chat, moderation"),
     ("10", "beyond PPO", "DPO, RLOO, GRPO (TRL) on the same data and judge", "evaluate"),
 )
 """(number, notebook, what happens, modules) for every notebook of the course."""

@@ -97,7 +97,7 @@ def lab(tmp_path):
 # The notebook cell: one item per task, its first three replies (ideal and two flawed ones).
 CELL = """\
 from rlhf_course.comparisons import RankItem
-from rlhf_course.widgets import RankingWidget
+from rlhf_course.ranking_widget import RankingWidget
 from rlhf_course.world import World
 
 items = [RankItem(context=t.prompt, replies=list(t.replies().values())[:3], task=t, item_id=f"e2e-{j}")

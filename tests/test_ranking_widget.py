@@ -12,14 +12,7 @@ import threading
 
 import pytest
 
-from rlhf_course.rankings import (
-    ComparisonError,
-    RankItem,
-    append_comparison,
-    gold_ranking,
-    load_comparisons,
-)
-from rlhf_course.widgets import (
+from rlhf_course.ranking_widget import (
     GoldReveal,
     RankDraft,
     RankingWidget,
@@ -35,6 +28,13 @@ from rlhf_course.widgets import (
     start_ranking,
     submit_ranking,
     undo_last_ranking,
+)
+from rlhf_course.rankings import (
+    ComparisonError,
+    RankItem,
+    append_comparison,
+    gold_ranking,
+    load_comparisons,
 )
 from rlhf_course.world import World, gold_score
 
@@ -412,7 +412,7 @@ def test_bad_rankings_raise_and_lose_nothing(path, case):
 _WRITER = r"""
 import dataclasses, sys
 from rlhf_course.comparisons import RankItem
-from rlhf_course.widgets import click_reply, start_ranking, submit_ranking
+from rlhf_course.ranking_widget import click_reply, start_ranking, submit_ranking
 from rlhf_course.world import World
 
 path = sys.argv[1]

@@ -56,7 +56,7 @@ def test_the_libraries_we_bound_have_an_upper_bound(name):
 
 
 def test_installed_transformers_takes_the_cache_argument_the_sampling_loops_pass():
-    # generation.sample_tokens and chat._sample_stream call the model with `cache=`, a name the
+    # generation.sample_tokens and chat_state._sample_stream call the model with `cache=`, a name the
     # lower bound on transformers promises; older releases would pass it on unread in **kwargs.
     from transformers import LlamaForCausalLM
 

@@ -6,10 +6,8 @@ import pytest
 from _corpus import synthetic_corpus
 
 from rlhf_course.config import BaseConfig
-from rlhf_course.data import ConversationError, read_jsonl, validate_conversation
-from rlhf_course.generation import generate_replies
-from rlhf_course.models import build_model, train_tokenizer
-from rlhf_course.widgets import (
+from rlhf_course.data import ConversationError, validate_conversation
+from rlhf_course.demo_widget import (
     DemoDraft,
     DemonstrationWriter,
     SuggestionLog,
@@ -24,6 +22,9 @@ from rlhf_course.widgets import (
     suggest,
     undo_last_turn,
 )
+from rlhf_course.generation import generate_replies
+from rlhf_course.jsonl import read_jsonl
+from rlhf_course.models import build_model, train_tokenizer
 
 
 class FakeSuggester:
