@@ -41,10 +41,10 @@ the GPU per stage and freed after it, and the peak-memory counter is reset in be
 - rm: the same through `AutoModelForSequenceClassification` (one label) and InstructGPT's
   ranking loss (`reward.ranking_loss`): `RewardConfig.batch_size` rankings of K replies, all
   K x batch sequences of `max_length` tokens in one forward pass, as `reward.fit` runs them.
-- logprobs: `ppo.PolicyLogprobs` forward and backward on a PPO minibatch, with the log-prob chunk
+- logprobs: `ppo_core.PolicyLogprobs` forward and backward on a PPO minibatch, with the log-prob chunk
   off (all reply positions through the output layer at once) and at `PPOConfig.logprob_chunk`:
   the two rows' peak memory shows what chunking saves.
-- ppo: samples/s of a whole PPO step built from `ppo.py`'s pieces, as `train_ppo` numbers them:
+- ppo: samples/s of a whole PPO step built from `ppo.py`'s pieces, as `run_ppo` numbers them:
   1. rollout (sample_tokens), 2. scores from a reward model (an untrained scalar head on the
   same model, 16-bit: the cost of the pass, not a meaningful score; the course also decodes and
   re-tokenises the replies for it, which is not timed here), 3. no-grad log-probs of the policy
@@ -387,7 +387,7 @@ def bench_logprobs(b: Bench, m: Models) -> list[Row]:
 
 
 def _logprobs_row(b: Bench, m: Models, chunk: int) -> Row:
-    from rlhf_course.ppo import PolicyLogprobs
+    from rlhf_course.ppo_core import PolicyLogprobs
 
     p = b.plan
     model = b.place(m.causal).train()
@@ -410,7 +410,7 @@ def _logprobs_row(b: Bench, m: Models, chunk: int) -> Row:
 
 def bench_ppo(b: Bench, m: Models) -> list[Row]:
     from rlhf_course.generation import sample_tokens
-    from rlhf_course.ppo import (
+    from rlhf_course.ppo_core import (
         PolicyLogprobs,
         ValueModel,
         gae,

@@ -16,12 +16,12 @@ What is measured. Both methods start from RUN/sft/model, sample replies of at mo
 the same reward model, and train on `--batch-size` sampled replies per step. A step is all that
 one batch costs: sampling, scoring, the log-probs under the policy and the frozen SFT reference,
 the advantages and the update. Our step time is the `seconds` field of the step's metrics (the
-record `train_ppo` keeps in RUN/ppo/history.jsonl; it is read here from the per-step callback
+record `run_ppo` keeps in RUN/ppo/history.jsonl; it is read here from the per-step callback
 `live_plot`, which receives that same record). TRL's is the wall time from `on_step_begin` to
 `on_step_end` of one optimizer step, read by a `TrainerCallback`. The first `--warmup` steps of
 each run are not timed, as they pay one-off costs (imports done on first use, the optimizers'
 state, kernel choices for new shapes). samples/s = replies sampled in the timed steps / the
-timed seconds. `train_ppo` evaluates the policy on held-out prompts after training; that is not
+timed seconds. `run_ppo` evaluates the policy on held-out prompts after training; that is not
 training, so the run is stopped as soon as its last step has been recorded.
 
 Each training run is a child process of this script, and the methods alternate (ours, TRL, ours,
@@ -124,7 +124,7 @@ def _child_ours(args) -> dict:
 
     cfg = _ppo_config(args)
     marks: dict[str, int] = {}
-    # `train_ppo` loads its four models, builds both optimizers, then asks for its training
+    # `run_ppo` loads its four models, builds both optimizers, then asks for its training
     # prompts: the memory peak at that call is "after loading", before any step has run.
     training_tasks = ppo._training_tasks
 
@@ -143,11 +143,11 @@ def _child_ours(args) -> dict:
             raise _LastStepDone
 
     try:
-        ppo.train_ppo(cfg, args.work, live_plot=after_step, progress=False)
+        ppo.run_ppo(cfg, args.work, live_plot=after_step, progress=False)
     except _LastStepDone:
         pass
     else:
-        raise RuntimeError("train_ppo returned without reporting its last step")
+        raise RuntimeError("run_ppo returned without reporting its last step")
     timed = steps[args.warmup :]
     return {
         "samples": cfg.batch_size * len(timed),

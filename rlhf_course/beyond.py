@@ -35,7 +35,8 @@ from transformers import AutoTokenizer, TrainerCallback
 
 from rlhf_course.config import BeyondConfig, PPOConfig
 from rlhf_course.models import load_checkpoint, save_base
-from rlhf_course.ppo import PPOPaths, evaluate_ppo, train_ppo
+from rlhf_course.ppo import run_ppo
+from rlhf_course.ppo_train import PPOPaths, evaluate_ppo, prompt_seed
 from rlhf_course.rankings import COMPARISONS, load_comparisons, rankings_dataset
 from rlhf_course.reward import load_reward_model
 from rlhf_course.runs import StageStopped, StageTimer, require, stage_dir, write_text_atomic
@@ -103,7 +104,7 @@ def _train_group(method: str, cfg: BeyondConfig, run_dir: Path, out: Path, cuda:
 
     pcfg = ppo_config(cfg)
     k, batch = cfg.num_generations, cfg.batch_size
-    tasks = World(cfg.seed).tasks("train", cfg.steps * batch // k, seed=cfg.seed + 7919)
+    tasks = World(cfg.seed).tasks("train", cfg.steps * batch // k, seed=prompt_seed(cfg.seed))
     dataset = Dataset.from_list([{"prompt": t.prompt} for t in tasks])
     reward_model = load_reward_model(run_dir, cfg.profile)
     tokenizer = AutoTokenizer.from_pretrained(Path(run_dir) / "sft" / "model", padding_side="left")
@@ -141,10 +142,10 @@ def train_method(method: str, cfg: BeyondConfig, run_dir) -> dict[str, Any]:
     started = time.perf_counter()
     if method == "ppo":
         pcfg = ppo_config(cfg)
-        paths = PPOPaths(run_dir / "sft" / "model", run_dir / "rm", out, cfg.seed + 7919)
+        paths = PPOPaths.from_sft(run_dir, out, cfg.seed)
         extra = {"replies": pcfg.steps * pcfg.batch_size}
-        # evaluate_ppo runs inside train_ppo; its time is not training time, so it is timed apart.
-        result = train_ppo(pcfg, run_dir, progress=False, paths=paths,
+        # evaluate_ppo runs inside run_ppo; its time is not training time, so it is timed apart.
+        result = run_ppo(pcfg, run_dir, progress=False, paths=paths,
                            live_plot=lambda step, _: _report_progress(step, pcfg.steps))
         seconds = time.perf_counter() - started - result["eval_seconds"]
     else:

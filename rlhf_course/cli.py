@@ -17,6 +17,7 @@ import importlib
 import shutil
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,37 +25,37 @@ from rlhf_course import runs
 from rlhf_course.config import parse_field
 from rlhf_course.hardware import PROFILES, ProfileChoice, detect_profile
 
-# Stage name -> "module:function", in the order the course runs them. Imported lazily so that
-# `rlhf-course profile` (or a typo in --stages) does not pay for importing every stage's deps.
-STAGES: dict[str, str] = {
-    "base": "rlhf_course.pretrain:run_base_stage",
-    "demos": "rlhf_course.sft:build_demonstrations",
-    "sft": "rlhf_course.sft:train_sft",
-    "comparisons": "rlhf_course.comparisons:collect_comparisons",
-    "rm": "rlhf_course.reward:train_reward_model",
-    "ppo": "rlhf_course.ppo:train_ppo",
-    "iterate": "rlhf_course.iterate:iterate",
-    "eval": "rlhf_course.evaluate:evaluate_run",
-    "moderation": "rlhf_course.moderation:train_moderation_stage",
-    "beyond": "rlhf_course.beyond:run_beyond",
+
+@dataclass(frozen=True)
+class Stage:
+    """Where a stage lives: its module, whose `run_<stage>(cfg, run_dir)` runs it, and its config
+    class ("module:Class"), built as `Class.preset(profile, seed=..., **overrides)`."""
+
+    module: str
+    config: str
+
+    def entry(self, name: str) -> str:
+        """"module:run_<name>", the function that runs stage `name`."""
+        return f"{self.module}:run_{name}"
+
+
+# The stages, in the order the course runs them: the one list of them. Modules are imported
+# lazily so that `rlhf-course profile` (or a typo in --stages) does not pay for their deps.
+STAGES: dict[str, Stage] = {
+    "base": Stage("rlhf_course.pretrain", "rlhf_course.config:BaseConfig"),
+    "demos": Stage("rlhf_course.sft", "rlhf_course.config:SFTConfig"),
+    "sft": Stage("rlhf_course.sft", "rlhf_course.config:SFTConfig"),
+    "comparisons": Stage("rlhf_course.comparisons", "rlhf_course.config:RewardConfig"),
+    "rm": Stage("rlhf_course.reward", "rlhf_course.config:RewardConfig"),
+    "ppo": Stage("rlhf_course.ppo", "rlhf_course.config:PPOConfig"),
+    "iterate": Stage("rlhf_course.iterate", "rlhf_course.config:IterateConfig"),
+    "eval": Stage("rlhf_course.evaluate", "rlhf_course.config:EvalConfig"),
+    "moderation": Stage("rlhf_course.moderation", "rlhf_course.config:ModerationConfig"),
+    "beyond": Stage("rlhf_course.beyond", "rlhf_course.config:BeyondConfig"),
 }
 
 # Stages a plain `rlhf-course run` leaves out; name them in --stages to run them.
 OPTIONAL = ("beyond",)
-
-# Stage name -> "module:ConfigClass"; the config is built as `Cls.preset(profile, seed=...)`.
-STAGE_CONFIGS: dict[str, str] = {
-    "base": "rlhf_course.config:BaseConfig",
-    "demos": "rlhf_course.config:SFTConfig",
-    "sft": "rlhf_course.config:SFTConfig",
-    "comparisons": "rlhf_course.config:RewardConfig",
-    "rm": "rlhf_course.config:RewardConfig",
-    "ppo": "rlhf_course.config:PPOConfig",
-    "iterate": "rlhf_course.config:IterateConfig",
-    "eval": "rlhf_course.config:EvalConfig",
-    "moderation": "rlhf_course.config:ModerationConfig",
-    "beyond": "rlhf_course.config:BeyondConfig",
-}
 
 # Report keys the CLI itself fills in; the summary shows the stage's own figures beside them.
 _BOOKKEEPING = ("seconds", "peak_rss_mb", "profile", "seed")
@@ -173,7 +174,7 @@ def run_stages(
             cfg = load_config_class(stage).preset(choice.name, **stage_overrides)
             plan.append((stage, cfg, load_stage(stage)))
         for i, (stage, cfg, fn) in enumerate(plan, 1):
-            print(f"\n== stage {i}/{len(stages)}: {stage} ({STAGES[stage]})", flush=True)
+            print(f"\n== stage {i}/{len(stages)}: {stage} ({STAGES[stage].entry(stage)})", flush=True)
             try:
                 with runs.StageTimer() as timer:
                     result = fn(cfg, run_dir)
@@ -230,15 +231,15 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> int:
 
 
 def load_stage(stage: str) -> Callable[[Any, Path], dict[str, Any]]:
-    """Import and return the function registered for `stage` in STAGES."""
-    return _import(STAGES[stage], f"stage {stage!r}")
+    """Import and return the function that runs `stage` (`STAGES[stage].entry(stage)`)."""
+    return _import(STAGES[stage].entry(stage), f"stage {stage!r}")
 
 
 def load_config_class(stage: str) -> Any:
-    """Import and return the config class registered for `stage` in STAGE_CONFIGS."""
-    if stage not in STAGE_CONFIGS:
-        raise KeyError(f"stage {stage!r} has no entry in rlhf_course.cli.STAGE_CONFIGS")
-    return _import(STAGE_CONFIGS[stage], f"config of stage {stage!r}")
+    """Import and return the config class of `stage` (`STAGES[stage].config`)."""
+    if stage not in STAGES:
+        raise KeyError(f"stage {stage!r} is not in rlhf_course.cli.STAGES")
+    return _import(STAGES[stage].config, f"config of stage {stage!r}")
 
 
 def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
@@ -303,7 +304,7 @@ def _as_entry(stage: str, result: Any) -> dict[str, Any]:
         result = dataclasses.asdict(result)
     if not isinstance(result, dict):
         raise TypeError(
-            f"stage {stage!r} ({STAGES[stage]}) returned {type(result).__name__}; a stage "
+            f"stage {stage!r} ({STAGES[stage].entry(stage)}) returned {type(result).__name__}; a stage "
             "function must return a dict of figures for report.json"
         )
     return dict(result)

@@ -25,13 +25,11 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from rlhf_course.data import (
-    SimulatedTrainers,
-    write_jsonl,
-)
+from rlhf_course.data import SimulatedTrainers
 from rlhf_course.generation import generate_replies
 from rlhf_course.heldout import heldout_tasks
 from rlhf_course.hh import hh_comparisons
+from rlhf_course.jsonl import write_jsonl
 from rlhf_course.models import load_checkpoint
 from rlhf_course.rankings import (
     COMPARISONS,
@@ -143,7 +141,7 @@ def training_contexts(world, n: int, demo_fraction: float, seed: int) -> list[tu
     return out
 
 
-def collect_comparisons(cfg, run_dir, progress: bool = True) -> dict[str, Any]:
+def run_comparisons(cfg, run_dir, progress: bool = True) -> dict[str, Any]:
     """Stage `comparisons`: rank K replies of the SFT policy for `cfg.prompts` training contexts
     (RUN_DIR/comparisons/comparisons.jsonl) and for the held-out prompts every stage reports on
     (heldout.jsonl, only for measuring the reward model), ranked by simulated annotators.

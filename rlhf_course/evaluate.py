@@ -29,7 +29,8 @@ from rlhf_course.heldout import (
     win_rates_by_family,
 )
 from rlhf_course.models import load_checkpoint
-from rlhf_course.ppo import PPOPaths, train_ppo
+from rlhf_course.ppo import run_ppo
+from rlhf_course.ppo_train import PPOPaths
 from rlhf_course.reward import load_reward_model
 from rlhf_course.runs import StageTimer, read_report, require, seed_everything
 from rlhf_course.world import Task, World, gold_score, phrasing_families
@@ -259,16 +260,15 @@ def weak_kl_run(cfg, run_dir, live_plot=None, progress: bool = True, ppo_cfg=Non
     # No KL ceiling and no checkpoints: the run exists to go too far, and it is short.
     pcfg = replace(base, steps=cfg.weak_kl_steps, init_kl_coef=cfg.weak_kl_coef, target_kl=None,
                    lr=cfg.weak_kl_lr, max_kl=1e9, save_every=10**9)
-    paths = PPOPaths(Path(run_dir) / "sft" / "model", Path(run_dir) / "rm", Path(run_dir) / "eval" / WEAK_KL,
-                     cfg.seed + 7919)
-    result = train_ppo(pcfg, run_dir, live_plot, progress, paths=paths, curve_every=cfg.curve_every,
+    paths = PPOPaths.from_sft(run_dir, Path(run_dir) / "eval" / WEAK_KL, cfg.seed)
+    result = run_ppo(pcfg, run_dir, live_plot, progress, paths=paths, curve_every=cfg.curve_every,
                        curve_prompts=cfg.curve_prompts)
     points = result["curve"]
     return {"points": points, "init_kl_coef": cfg.weak_kl_coef, "steps": cfg.weak_kl_steps,
             "prompts": cfg.curve_prompts, "end": points[-1], **_fitted(points, "rl")}
 
 
-def evaluate_run(cfg, run_dir, progress: bool = True, live_plot=None, ppo_cfg=None) -> dict:
+def run_eval(cfg, run_dir, progress: bool = True, live_plot=None, ppo_cfg=None) -> dict:
     """Stage `eval`: for every policy the run holds (base, sft, ppo, iterate), on held-out
     prompts: gold, reply length, win rates per family against SFT and against the stage before,
     the limitation rates and phrasing consistency; a side-by-side of SFT and the last RLHF policy

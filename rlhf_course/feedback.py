@@ -32,12 +32,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from rlhf_course.data import (
-    ConversationError,
-    append_jsonl,
-    load_checked,
-    validate_conversation,
-)
+from rlhf_course.data import ConversationError, validate_conversation
+from rlhf_course.jsonl import append_jsonl, load_checked
 from rlhf_course.rankings import append_comparison, comparison_record, load_comparisons
 from rlhf_course.world import HARMFUL_INTENTS
 

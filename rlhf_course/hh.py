@@ -17,7 +17,7 @@ What it keeps apart: the gold labeler judges only toy-world prompts, so nothing 
 gold score. The reward model is measured on real data by its accuracy on held-out HH-RLHF pairs;
 PPO's watched gold and every held-out evaluation stay on the toy world.
 
-Loading goes through `data.load_hub_dataset`, so a field takes a hub id (needs the hub) or a
+Loading goes through `hub.load_hub_dataset`, so a field takes a hub id (needs the hub) or a
 local copy in the hub's schema (a JSON Lines/parquet/CSV file, or a folder with train and test
 files). Every sample drawn here is seeded.
 """
@@ -33,13 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlhf_course.data import (
-    HUB_KINDS,
-    ConversationError,
-    DataFormatError,
-    load_hub_dataset,
-    validate_conversation,
-)
+from rlhf_course.data import ConversationError, validate_conversation
+from rlhf_course.hub import HUB_KINDS, load_hub_dataset
+from rlhf_course.jsonl import DataFormatError
 from rlhf_course.rankings import ComparisonError, comparison_record, pairwise_accuracy
 from rlhf_course.world import World
 
@@ -72,7 +68,7 @@ class HubDataError(ValueError):
 def load_records(name_or_path: str | os.PathLike, kind: str, split: str = "train", field: str = "",
                  skipped: Counter | None = None, cache_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
     """Every usable record of `split` of a hub dataset (or local copy), converted by
-    `data.load_hub_dataset` (`kind` "messages", "dolly" or "hh"); unusable ones are counted by
+    `hub.load_hub_dataset` (`kind` "messages", "dolly" or "hh"); unusable ones are counted by
     reason in `skipped`. Any failure raises `HubDataError` naming `field` (the config field that
     named the dataset), the dataset and, for an unreadable HH transcript, the record."""
     where = f"{field} = {str(name_or_path)!r}" if field else repr(str(name_or_path))
@@ -195,7 +191,7 @@ def mix_in(records: Sequence[Mapping[str, Any]], extra: Sequence[Mapping[str, An
 def ranking_record(preference: Mapping[str, Any], item_id: str, split: str = "train",
                    dataset: str = "") -> dict[str, Any]:
     """One conversational preference record (`prompt`, `chosen`, `rejected`, as
-    `data.convert_hh` makes) as a ranking record of K = 2: replies [chosen, rejected], ranking
+    `hub.convert_hh` makes) as a ranking record of K = 2: replies [chosen, rejected], ranking
     [0, 1], source "hh-rlhf", no toy-world task (the gold labeler cannot judge it). `split` is
     "train" or "heldout". Raises `ComparisonError` for a pair `comparisons` cannot rank (e.g.
     replies that differ only in spacing)."""

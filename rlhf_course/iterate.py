@@ -30,11 +30,12 @@ from transformers import AutoModelForSequenceClassification
 
 from rlhf_course.comparisons import rank_with_annotators, sample_items, training_contexts
 from rlhf_course.config import IterateConfig, PPOConfig, RewardConfig
-from rlhf_course.data import write_jsonl
 from rlhf_course.hardware import use_lora
 from rlhf_course.heldout import heldout_tasks, trained_prompts, win_rate
+from rlhf_course.jsonl import write_jsonl
 from rlhf_course.models import load_checkpoint, trainable, with_lora
-from rlhf_course.ppo import PPOPaths, train_ppo
+from rlhf_course.ppo import run_ppo
+from rlhf_course.ppo_train import PPOPaths, prompt_seed
 from rlhf_course.rankings import (
     COMPARISONS,
     HELDOUT_COMPARISONS,
@@ -147,8 +148,8 @@ def run_round(cfg: IterateConfig, run_dir, n: int, policy_path: Path, rm_dir: Pa
         after = _rm_metrics(load_reward_model_from(out / "rm", cfg.profile), held, rcfg)
 
         # 3. PPO from the current policy, against the extended reward model.
-        result = train_ppo(pcfg, run_dir, progress=progress,
-                           paths=PPOPaths(Path(policy_path), out / "rm", out / "ppo", round_seed + 7919))
+        result = run_ppo(pcfg, run_dir, progress=progress,
+                           paths=PPOPaths(Path(policy_path), out / "rm", out / "ppo", prompt_seed(round_seed)))
 
     tasks = heldout_tasks(world, pcfg, run_dir)
     previous = _samples(previous_samples, tasks)
@@ -199,7 +200,7 @@ def _normalisation_sample(run_dir, cfg: IterateConfig) -> list[tuple[list[dict],
     return random.Random(f"normalise:{cfg.seed}").sample(pairs, min(NORMALISE_ON, len(pairs)))
 
 
-def iterate(cfg: IterateConfig, run_dir, progress: bool = True, on_round=None,
+def run_iterate(cfg: IterateConfig, run_dir, progress: bool = True, on_round=None,
             configs: tuple[RewardConfig, PPOConfig] | None = None) -> dict[str, Any]:
     """Stage `iterate`: `cfg.rounds` rounds from stage `cfg.start`'s policy; returns the report's
     `iterate` figures, `rounds` holding one entry per round. `on_round(metrics)` is called after

@@ -415,7 +415,7 @@ MODERATOR = "moderator.safetensors"
 """RUN_DIR/moderation/moderator.safetensors: the trained filter the chat loads."""
 
 
-def train_moderation_stage(cfg, run_dir, progress: bool = True) -> dict[str, Any]:
+def run_moderation(cfg, run_dir, progress: bool = True) -> dict[str, Any]:
     """Stage `moderation`: train the filter on the world's training phrasings, save it to
     RUN_DIR/moderation/, and report precision and recall on held-out phrasings (the report's
     `moderation.*`: overall, then `user` and `assistant`)."""

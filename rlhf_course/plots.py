@@ -127,7 +127,7 @@ class LivePanels(_LiveFigure):
     """A grid of small line plots, one per metric, redrawn in place as training runs.
 
     Call it as `plot(step, metrics)` with a dict holding (at least) the panels' metrics; pass
-    it as `live_plot=` to `ppo.train_ppo`. Missing metrics leave a gap; `history` keeps every
+    it as `live_plot=` to `ppo.run_ppo`. Missing metrics leave a gap; `history` keeps every
     call's values.
     """
 

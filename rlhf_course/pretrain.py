@@ -181,7 +181,7 @@ def evaluate_base(model, tokenizer, world: World, cfg: BaseConfig, progress: boo
     return evaluate_policy(model, tokenizer, tasks, cfg, progress)
 
 
-def run_base_stage(cfg: BaseConfig, run_dir, live_plot=None, progress: bool = True) -> dict:
+def run_base(cfg: BaseConfig, run_dir, live_plot=None, progress: bool = True) -> dict:
     """Stage `base`: build the base model, save it to RUN_DIR/base/model, and report its gold
     score on held-out prompts (`base.gold`), with the time and memory it took."""
     if cfg.eval_prompts < 200:

@@ -29,13 +29,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from rlhf_course.data import (
-    append_jsonl,
-    load_checked,
-    to_preference_dataset,
-    validate_conversation,
-    write_jsonl,
-)
+from rlhf_course.data import to_preference_dataset, validate_conversation
+from rlhf_course.jsonl import append_jsonl, load_checked, write_jsonl
 from rlhf_course.world import Task, gold_score
 
 K_MIN, K_MAX = 2, 9

@@ -38,10 +38,10 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from rlhf_course.config import BaseConfig, RewardConfig
-from rlhf_course.data import write_jsonl
 from rlhf_course.generation import right_pad
 from rlhf_course.hardware import use_lora
 from rlhf_course.hh import preference_accuracy
+from rlhf_course.jsonl import write_jsonl
 from rlhf_course.models import trainable, with_lora
 from rlhf_course.rankings import (
     COMPARISONS,
@@ -274,7 +274,7 @@ def _load(run_dir, name: str, profile: str, required: bool = True) -> list[dict]
         raise_corrupt(run_dir, "comparisons", name, err, profile=profile)
 
 
-def train_reward_model(cfg: RewardConfig, run_dir, live_plot: Callable[[int, float], object] | None = None,
+def run_rm(cfg: RewardConfig, run_dir, live_plot: Callable[[int, float], object] | None = None,
                        progress: bool = True) -> dict:
     """Stage `rm`: train RUN_DIR/rm/model on RUN_DIR/comparisons/ (simulated and human
     rankings), normalise it on the SFT replies, and measure it on the held-out rankings.

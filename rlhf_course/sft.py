@@ -29,7 +29,6 @@ from rlhf_course.data import (
     load_demonstrations,
     mix,
     to_hf_dataset,
-    write_jsonl,
 )
 from rlhf_course.hardware import use_lora
 from rlhf_course.heldout import (
@@ -42,6 +41,7 @@ from rlhf_course.heldout import (
     win_rate,
 )
 from rlhf_course.hh import mix_in, real_demonstrations
+from rlhf_course.jsonl import write_jsonl
 from rlhf_course.models import load_checkpoint, save_base, trainable
 from rlhf_course.runs import StageTimer, raise_corrupt, require, seed_everything, stage_dir
 from rlhf_course.training import resolve_precision
@@ -59,7 +59,7 @@ demonstrations on track 'hh'), in RUN_DIR/demos/."""
 # --------------------------------------------------------------------------------------------
 
 
-def build_demonstrations(cfg: SFTConfig, run_dir) -> dict:
+def run_demos(cfg: SFTConfig, run_dir) -> dict:
     """Write RUN_DIR/demos/sft_data.jsonl: simulated trainers' dialogues, any human-written ones
     (RUN_DIR/demos/human.jsonl, kept as they are), and instructions turned into dialogues, mixed
     so instructions make up `cfg.instruction_fraction`. On track 'hh', `cfg.hh_demo_count` real
@@ -171,7 +171,7 @@ def load_sft_data(run_dir, profile: str):
     return to_hf_dataset([{"messages": r["messages"]} for r in records])
 
 
-def train_sft(cfg: SFTConfig, run_dir, live_plot=None, progress: bool = True) -> dict:
+def run_sft(cfg: SFTConfig, run_dir, live_plot=None, progress: bool = True) -> dict:
     """Stage `sft`: fine-tune RUN_DIR/base/model on RUN_DIR/demos/sft_data.jsonl, save it to
     RUN_DIR/sft/model, and report gold on held-out prompts and the win rate against the base.
 

@@ -31,13 +31,8 @@ from pathlib import Path
 
 from rlhf_course.comparisons import distinct_replies, rank_with_annotators
 from rlhf_course.config import RewardConfig, SFTConfig
-from rlhf_course.data import (
-    SimulatedTrainers,
-    instruction_set,
-    instruction_to_messages,
-    mix,
-    write_jsonl,
-)
+from rlhf_course.data import SimulatedTrainers, instruction_set, instruction_to_messages, mix
+from rlhf_course.jsonl import write_jsonl
 from rlhf_course.rankings import RankItem, annotator_agreement_on, preference_rows
 from rlhf_course.world import Annotators, World
 

@@ -13,21 +13,21 @@ TINY_RM = {"prompts": 16, "k": 3, "eval_prompts": 200, "max_new_tokens": 8, "bat
 
 def tiny_run(run: Path) -> Path:
     """Build the tiny run in `run` (an empty folder) and return it."""
-    from rlhf_course.comparisons import collect_comparisons
+    from rlhf_course.comparisons import run_comparisons
     from rlhf_course.config import BaseConfig, RewardConfig, SFTConfig
-    from rlhf_course.pretrain import run_base_stage
-    from rlhf_course.reward import train_reward_model
-    from rlhf_course.sft import build_demonstrations
+    from rlhf_course.pretrain import run_base
+    from rlhf_course.reward import run_rm
+    from rlhf_course.sft import run_demos
 
     base = {"steps": 12, "corpus_docs": 400, "d_model": 64, "n_heads": 2, "d_ff": 128, "n_layers": 1,
             "vocab_size": 320, "batch_size": 8, "eval_prompts": 200, "max_new_tokens": 8}
-    run_base_stage(BaseConfig.preset("cpu", **base), run, progress=False)
-    build_demonstrations(SFTConfig.preset("cpu", dialogues=40), run)
+    run_base(BaseConfig.preset("cpu", **base), run, progress=False)
+    run_demos(SFTConfig.preset("cpu", dialogues=40), run)
     (run / "sft").mkdir()
     (run / "sft" / "model").symlink_to(run / "base" / "model")
     (run / "sft" / "samples.jsonl").symlink_to(run / "base" / "samples.jsonl")
-    collect_comparisons(RewardConfig.preset("cpu", **TINY_RM), run, progress=False)
-    train_reward_model(RewardConfig.preset("cpu", **TINY_RM), run, progress=False)
+    run_comparisons(RewardConfig.preset("cpu", **TINY_RM), run, progress=False)
+    run_rm(RewardConfig.preset("cpu", **TINY_RM), run, progress=False)
     return run
 
 
@@ -45,7 +45,7 @@ def ppo_history(run: Path, folder: str = "ppo") -> list[dict]:
     time (the one figure a rerun may change)."""
     import json
 
-    from rlhf_course.ppo import HISTORY
+    from rlhf_course.ppo_train import HISTORY
 
     rows = [json.loads(line) for line in (run / folder / HISTORY).read_text().splitlines()]
     return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]

@@ -10,7 +10,7 @@ import pytest
 
 from rlhf_course.config import BaseConfig
 from rlhf_course.models import load_base
-from rlhf_course.pretrain import run_base_stage
+from rlhf_course.pretrain import run_base
 from rlhf_course.runs import MissingStageOutput, require
 
 # Small enough to run in seconds; the stage's logic is the same as the cpu preset's.
@@ -46,8 +46,8 @@ def test_cli_run_writes_report_with_base_entry(tmp_path):
 @pytest.mark.slow
 def test_same_seed_same_base_report(tmp_path):
     cfg = BaseConfig.preset("cpu", **TINY)
-    a = run_base_stage(cfg, tmp_path / "a", progress=False)
-    b = run_base_stage(cfg, tmp_path / "b", progress=False)
+    a = run_base(cfg, tmp_path / "a", progress=False)
+    b = run_base(cfg, tmp_path / "b", progress=False)
     for key in ("gold", "gold_by_family", "final_loss", "params"):
         assert a[key] == b[key], key
     assert (tmp_path / "a/base/samples.jsonl").read_text() == (tmp_path / "b/base/samples.jsonl").read_text()
@@ -55,7 +55,7 @@ def test_same_seed_same_base_report(tmp_path):
 
 def test_base_stage_refuses_fewer_than_200_eval_prompts(tmp_path):
     with pytest.raises(ValueError, match="at least 200"):
-        run_base_stage(BaseConfig.preset("cpu", eval_prompts=50), tmp_path)
+        run_base(BaseConfig.preset("cpu", eval_prompts=50), tmp_path)
 
 
 def test_missing_base_output_names_the_stage_and_command(tmp_path):

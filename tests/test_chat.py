@@ -12,15 +12,13 @@ from _corpus import synthetic_corpus
 from test_generation import PROMPTS, run_quietly, tiny_llama
 from transformers import LlamaConfig
 
-from rlhf_course import chat as chat_module
-from rlhf_course.chat import (
+from rlhf_course import chat_state as chat_state_module
+from rlhf_course.chat import ChatWidget, RunModels, available_stages, render_message
+from rlhf_course.chat_state import (
     ChatState,
-    ChatWidget,
     Message,
-    RunModels,
     _sample_stream,
     add_user_message,
-    available_stages,
     clear,
     context_budget,
     fit_context,
@@ -29,16 +27,15 @@ from rlhf_course.chat import (
     prompt_length,
     rate,
     regenerate,
-    render_message,
     reply_context,
     respond,
     stream_reply,
     write_flag,
 )
 from rlhf_course.config import BaseConfig
-from rlhf_course.data import read_jsonl
 from rlhf_course.feedback import Verdict, load_feedback
 from rlhf_course.generation import encode_prompts, generate_replies
+from rlhf_course.jsonl import read_jsonl
 from rlhf_course.models import build_model, save_base, train_tokenizer
 
 UNICODE = {
@@ -371,7 +368,7 @@ def test_flag_kinds_follow_the_verdict():
 
 
 def test_flags_of_the_chat_are_valid_flags_of_the_moderation_module(tmp_path):
-    from rlhf_course.chat import write_flag
+    from rlhf_course.chat_state import write_flag
     from rlhf_course.feedback import Verdict, load_flags
 
     path = tmp_path / "flags.jsonl"
@@ -596,7 +593,7 @@ def test_widget_shows_errors_instead_of_raising(tokenizer, tmp_path, monkeypatch
     def disk_full(path, record):
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(chat_module, "append_flag", disk_full)
+    monkeypatch.setattr(chat_state_module, "append_flag", disk_full)
     w.text.value = "x marks"
     models["sft"][1].fail = False
     w.send.click()
@@ -633,7 +630,7 @@ def test_run_models_finds_and_loads_the_stages(tokenizer, babbler, tmp_path):
 
 
 def test_typed_special_tokens_cannot_fake_a_turn(tokenizer):
-    from rlhf_course.chat import defuse_special_tokens
+    from rlhf_course.chat_state import defuse_special_tokens
     from rlhf_course.generation import encode_prompts
 
     eos = tokenizer.eos_token

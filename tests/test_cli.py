@@ -39,14 +39,14 @@ class FakeConfig:
         return cls(profile=profile, **overrides)
 
 
-def fake_alpha(cfg, run_dir):
+def run_alpha(cfg, run_dir):
     """Writes an output the next stage needs and returns figures, as a real stage does."""
     CALLS.append(("alpha", cfg))
     (runs.stage_dir(run_dir, "alpha") / "model.txt").write_text("weights")
     return {"gold": 0.125, "steps": cfg.steps}
 
 
-def fake_beta(cfg, run_dir):
+def run_beta(cfg, run_dir):
     """Reads alpha's output, so it fails with MissingStageOutput when alpha has not run."""
     CALLS.append(("beta", cfg))
     # Passing the profile makes the suggested command exact even in a fresh run folder.
@@ -54,12 +54,12 @@ def fake_beta(cfg, run_dir):
     return {"gold": 0.5, "input": weights, "seconds": 42.0}
 
 
-def fake_delta(cfg, run_dir):
+def run_delta(cfg, run_dir):
     """Stops itself, as PPO does on a non-finite loss."""
     raise runs.StageStopped("stopped at step 3: the loss is nan; try a lower lr")
 
 
-def fake_gamma(cfg, run_dir):
+def run_gamma(cfg, run_dir):
     """Returns something that is not a dict: a bug the CLI reports clearly."""
     return 3
 
@@ -67,9 +67,8 @@ def fake_gamma(cfg, run_dir):
 @pytest.fixture(autouse=True)
 def fake_registry(monkeypatch):
     CALLS.clear()
-    stages = {name: f"{__name__}:fake_{name}" for name in ("alpha", "beta", "gamma", "delta")}
+    stages = {name: cli.Stage(__name__, f"{__name__}:FakeConfig") for name in ("alpha", "beta", "gamma", "delta")}
     monkeypatch.setattr(cli, "STAGES", stages)
-    monkeypatch.setattr(cli, "STAGE_CONFIGS", {name: f"{__name__}:FakeConfig" for name in stages})
 
 
 def run(tmp_path, *args):
@@ -209,13 +208,19 @@ def test_profile_command(monkeypatch, capsys):
 
 
 def test_the_real_registry(monkeypatch):
-    monkeypatch.undo()  # the real STAGES/STAGE_CONFIGS, not the fakes
+    monkeypatch.undo()  # the real STAGES, not the fakes
     assert list(cli.STAGES)[0] == "base"
-    assert cli.STAGES["base"] == "rlhf_course.pretrain:run_base_stage"
-    assert set(cli.STAGE_CONFIGS) == set(cli.STAGES)
+    assert cli.STAGES["base"].entry("base") == "rlhf_course.pretrain:run_base"
     for stage in cli.STAGES:  # configs import cheaply; stage modules are not imported here
         for profile in PROFILES:
             assert cli.load_config_class(stage).preset(profile, seed=1).seed == 1
+
+
+def test_every_stage_runs_through_its_run_function(monkeypatch):
+    monkeypatch.undo()  # the real registry
+    for stage in cli.STAGES:
+        fn = cli.load_stage(stage)
+        assert callable(fn) and fn.__name__ == f"run_{stage}"
 
 
 def test_module_runs_as_a_script():
@@ -229,7 +234,7 @@ def test_module_runs_as_a_script():
 
 
 def test_a_broken_stage_import_fails_before_anything_runs(tmp_path, monkeypatch):
-    monkeypatch.setitem(cli.STAGES, "beta", "rlhf_course.no_such_module:run")
+    monkeypatch.setitem(cli.STAGES, "beta", cli.Stage("rlhf_course.no_such_module", f"{__name__}:FakeConfig"))
     with pytest.raises(ImportError, match="stage 'beta'.*no_such_module"):
         run(tmp_path, "--stages", "alpha,beta")
     assert CALLS == []
@@ -291,7 +296,7 @@ def fake_delta_after_writing(cfg, run_dir):
 
 
 def test_a_new_folder_that_holds_what_a_failed_stage_wrote_is_kept(tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(cli.STAGES, "delta", f"{__name__}:fake_delta_after_writing")
+    monkeypatch.setattr(sys.modules[__name__], "run_delta", fake_delta_after_writing)
     new = tmp_path / "fresh"
     assert run(new, "--stages", "delta") == 1
     assert (new / "delta" / "checkpoint.txt").read_text() == "step 3"

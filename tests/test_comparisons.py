@@ -12,7 +12,7 @@ from rlhf_course.comparisons import (
     rank_with_annotators,
     training_contexts,
 )
-from rlhf_course.data import DataFormatError
+from rlhf_course.jsonl import DataFormatError
 from rlhf_course.rankings import (
     COMPARISONS,
     HELDOUT_COMPARISONS,
@@ -145,12 +145,12 @@ def test_annotator_rankings_are_reproducible_and_prefer_gold(world):
 def tiny_run(tmp_path_factory):
     """A run folder with a tiny base model standing in for the SFT model (any causal LM will do)."""
     from rlhf_course.config import BaseConfig
-    from rlhf_course.pretrain import run_base_stage
+    from rlhf_course.pretrain import run_base
 
     run = tmp_path_factory.mktemp("run")
     base = {"steps": 12, "corpus_docs": 400, "d_model": 64, "n_heads": 2, "d_ff": 128, "n_layers": 1,
             "vocab_size": 320, "batch_size": 8, "eval_prompts": 200, "max_new_tokens": 8}
-    run_base_stage(BaseConfig.preset("cpu", **base), run, progress=False)
+    run_base(BaseConfig.preset("cpu", **base), run, progress=False)
     (run / "sft").mkdir()
     (run / "sft" / "model").symlink_to(run / "base" / "model")
     return run
@@ -161,29 +161,29 @@ SMALL = {"prompts": 24, "k": 3, "eval_prompts": 200, "max_new_tokens": 12, "batc
 
 
 def test_stages_need_their_inputs_and_say_which_stage_makes_them(tmp_path):
-    from rlhf_course.comparisons import collect_comparisons
+    from rlhf_course.comparisons import run_comparisons
     from rlhf_course.config import RewardConfig
-    from rlhf_course.reward import train_reward_model
+    from rlhf_course.reward import run_rm
     from rlhf_course.runs import MissingStageOutput
 
     cfg = RewardConfig.preset("cpu", **SMALL)
     with pytest.raises(MissingStageOutput, match="--stages base,demos,sft\n"):
-        collect_comparisons(cfg, tmp_path, progress=False)
+        run_comparisons(cfg, tmp_path, progress=False)
     (tmp_path / "sft" / "model").mkdir(parents=True)
     with pytest.raises(MissingStageOutput, match="produced by stage 'comparisons'"):
-        train_reward_model(cfg, tmp_path, progress=False)
+        run_rm(cfg, tmp_path, progress=False)
 
 
 @pytest.mark.slow
 def test_comparisons_then_reward_model_on_a_tiny_run(tiny_run):
-    from rlhf_course.comparisons import collect_comparisons
+    from rlhf_course.comparisons import run_comparisons
     from rlhf_course.config import RewardConfig
     from rlhf_course.rankings import HUMAN_COMPARISONS
     from rlhf_course.reward import (
         HELDOUT_SCORES,
         NORMALISATION,
         load_reward_model,
-        train_reward_model,
+        run_rm,
     )
 
     cfg = RewardConfig.preset("cpu", **SMALL)
@@ -192,7 +192,7 @@ def test_comparisons_then_reward_model_on_a_tiny_run(tiny_run):
     task = world.tasks("train", 1, seed=9)[0]
     append_comparison(tiny_run / "comparisons" / HUMAN_COMPARISONS,
                       _item(task).record([2, 0, 1], "person:test"))
-    report = collect_comparisons(cfg, tiny_run, progress=False)
+    report = run_comparisons(cfg, tiny_run, progress=False)
     assert report["count"] + report["dropped_contexts"] == 24
     assert report["heldout_count"] + report["heldout_dropped"] == 200
     records = load_comparisons(tiny_run / "comparisons" / COMPARISONS)
@@ -201,7 +201,7 @@ def test_comparisons_then_reward_model_on_a_tiny_run(tiny_run):
     # the human file is left as it was
     assert len(load_comparisons(tiny_run / "comparisons" / HUMAN_COMPARISONS)) == 1
 
-    rm = train_reward_model(cfg, tiny_run, progress=False)
+    rm = run_rm(cfg, tiny_run, progress=False)
     assert rm["train_rankings"] == report["count"] + 1
     # A 1-layer model trained for 12 steps: its replies may all score 0 with gold, leaving no
     # pair gold tells apart (null); every figure that exists is a proportion.
@@ -226,7 +226,7 @@ def test_reward_model_with_lora_trains_the_head_and_saves_a_merged_model(tiny_ru
     import shutil
 
     from rlhf_course.config import RewardConfig
-    from rlhf_course.reward import load_reward_model, train_reward_model
+    from rlhf_course.reward import load_reward_model, run_rm
 
     run = tmp_path / "run"
     run.mkdir()
@@ -236,10 +236,10 @@ def test_reward_model_with_lora_trains_the_head_and_saves_a_merged_model(tiny_ru
     if (tiny_run / "comparisons" / COMPARISONS).exists():
         shutil.copytree(tiny_run / "comparisons", run / "comparisons")
     else:
-        from rlhf_course.comparisons import collect_comparisons
+        from rlhf_course.comparisons import run_comparisons
 
-        collect_comparisons(RewardConfig.preset("cpu", **SMALL), run, progress=False)
-    rm = train_reward_model(RewardConfig.preset("cpu", **SMALL, lora=True), run, progress=False)
+        run_comparisons(RewardConfig.preset("cpu", **SMALL), run, progress=False)
+    rm = run_rm(RewardConfig.preset("cpu", **SMALL, lora=True), run, progress=False)
     assert rm["train_rankings"] > 0
     reward = load_reward_model(run)
     assert not any("lora" in name for name, _ in reward.model.named_parameters())

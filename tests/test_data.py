@@ -10,23 +10,17 @@ import pytest
 
 from rlhf_course.data import (
     ConversationError,
-    DataFormatError,
     SimulatedTrainers,
     append_demonstration,
-    append_jsonl,
-    convert_dolly,
-    convert_messages,
-    flatten_oasst,
     instruction_set,
     instruction_to_messages,
     load_demonstrations,
-    load_hub_dataset,
     mix,
-    read_jsonl,
     to_hf_dataset,
     validate_conversation,
-    write_jsonl,
 )
+from rlhf_course.hub import convert_dolly, convert_messages, flatten_oasst, load_hub_dataset
+from rlhf_course.jsonl import DataFormatError, append_jsonl, read_jsonl, write_jsonl
 from rlhf_course.world import FAMILIES, World, gold_score
 
 FIXTURES = Path(__file__).parent / "fixtures"

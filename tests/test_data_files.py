@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from rlhf_course.comparisons import annotator_name
-from rlhf_course.data import load_demonstrations, read_jsonl
+from rlhf_course.data import load_demonstrations
+from rlhf_course.jsonl import read_jsonl
 from rlhf_course.rankings import load_comparisons
 from rlhf_course.world import Annotators, Task, World
 

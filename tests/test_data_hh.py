@@ -10,16 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from rlhf_course.data import (
-    DataFormatError,
-    convert_hh,
-    load_hub_dataset,
-    parse_hh_transcript,
-    read_jsonl,
-    to_preference_dataset,
-    validate_conversation,
-    write_jsonl,
-)
+from rlhf_course.data import to_preference_dataset, validate_conversation
+from rlhf_course.hub import convert_hh, load_hub_dataset, parse_hh_transcript
+from rlhf_course.jsonl import DataFormatError, read_jsonl, write_jsonl
 
 HH_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf"
 HH_SAMPLE = HH_DIR / "harmless-base-test-sample.jsonl"

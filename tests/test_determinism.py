@@ -13,8 +13,8 @@ import torch
 from _runs import TINY_PPO, TINY_RM, copy_run, tiny_run
 
 from rlhf_course.config import PPOConfig, RewardConfig
-from rlhf_course.ppo import train_ppo
-from rlhf_course.reward import train_reward_model
+from rlhf_course.ppo import run_ppo
+from rlhf_course.reward import run_rm
 from rlhf_course.runs import seed_everything
 
 # What a rerun may change: time and memory.
@@ -49,8 +49,8 @@ def test_a_stage_gives_the_same_numbers_in_a_notebook_kernel_and_in_a_fresh_cli_
     here = copy_run(source, tmp_path / "here")
     torch.randn(1000)
     in_process = {
-        "rm": train_reward_model(RewardConfig.preset("cpu", **TINY_RM), here, progress=False),
-        "ppo": train_ppo(PPOConfig.preset("cpu", **TINY_PPO), here, progress=False),
+        "rm": run_rm(RewardConfig.preset("cpu", **TINY_RM), here, progress=False),
+        "ppo": run_ppo(PPOConfig.preset("cpu", **TINY_PPO), here, progress=False),
     }
 
     # As the CLI would: a fresh process with its own hash seed, both stages in one run.

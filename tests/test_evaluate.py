@@ -208,16 +208,16 @@ def evaluated(tmp_path_factory):
     from _runs import TINY_PPO, tiny_run
 
     from rlhf_course.config import EvalConfig, PPOConfig
-    from rlhf_course.evaluate import evaluate_run
-    from rlhf_course.ppo import train_ppo
+    from rlhf_course.evaluate import run_eval
+    from rlhf_course.ppo import run_ppo
 
     run = tiny_run(tmp_path_factory.mktemp("eval_run"))
-    train_ppo(PPOConfig.preset("cpu", **TINY_PPO), run, progress=False)
+    run_ppo(PPOConfig.preset("cpu", **TINY_PPO), run, progress=False)
     cfg = EvalConfig.preset("cpu", behaviour_prompts=3, phrasing_questions=1, bon_prompts=4, bon_samples=4,
                             weak_kl_steps=2, curve_every=1, curve_prompts=6, max_new_tokens=8,
                             eval_batch_size=100, eval_prompts=200)
     seen = []
-    result = evaluate_run(cfg, run, progress=False, live_plot=lambda step, m: seen.append(step),
+    result = run_eval(cfg, run, progress=False, live_plot=lambda step, m: seen.append(step),
                           ppo_cfg=PPOConfig.preset("cpu", **TINY_PPO))
     return run, cfg, result, seen
 

@@ -10,7 +10,6 @@ import threading
 
 import pytest
 
-from rlhf_course.data import DataFormatError
 from rlhf_course.feedback import (
     FEEDBACK_RANKER,
     FeedbackError,
@@ -20,6 +19,7 @@ from rlhf_course.feedback import (
     load_feedback,
     save_feedback_comparisons,
 )
+from rlhf_course.jsonl import DataFormatError
 from rlhf_course.rankings import load_comparisons, preference_rows, validate_comparison
 
 Q1 = [{"role": "user", "content": "When was Ada Lovelace born?"}]

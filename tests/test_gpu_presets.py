@@ -10,7 +10,7 @@ import pytest
 import torch
 from _runs import TINY_PPO, copy_run, ppo_history, tiny_run
 
-from rlhf_course import hardware, ppo, training
+from rlhf_course import hardware, ppo, ppo_core, ppo_train, training
 from rlhf_course.config import BaseConfig, PPOConfig, RewardConfig, SFTConfig
 from rlhf_course.hardware import plan_training, use_lora
 from rlhf_course.models import load_checkpoint, trainable, trusts_remote_code, with_lora
@@ -166,7 +166,7 @@ def test_lora_wraps_the_value_model_with_a_trainable_head_and_fp32_adapters(tiny
     assert frozen and all(p.dtype == torch.float16 for p in frozen)
     # ValueModel reads the wrapped model's own backbone and head
     ids = torch.tensor([[5, 6, 7, 8]])
-    values = ppo.ValueModel(wrapped.float())(ids, torch.ones_like(ids), 2)
+    values = ppo_core.ValueModel(wrapped.float())(ids, torch.ones_like(ids), 2)
     assert values.shape == (1, 2) and torch.isfinite(values).all()
 
 
@@ -177,7 +177,7 @@ def test_ppo_with_lora_resumes_in_a_moved_run_folder_with_the_same_curves(tiny_m
     never interrupted, adapters in the checkpoint, a merged plain model at the end."""
     cfg = PPOConfig.preset("cpu", **TINY_PPO, lora=True, lora_r=4)
     whole = copy_run(tiny_models, tmp_path / "whole")
-    result = ppo.train_ppo(cfg, whole, progress=False)
+    result = ppo.run_ppo(cfg, whole, progress=False)
     assert result["lora"] is True
     base = load_checkpoint(whole / "sft" / "model")[1].state_dict()
     merged = load_checkpoint(whole / "ppo" / "model")[1].state_dict()
@@ -193,23 +193,23 @@ def test_ppo_with_lora_resumes_in_a_moved_run_folder_with_the_same_curves(tiny_m
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        ppo.train_ppo(cfg, cut, live_plot=disconnect, progress=False)
-    ckpt = cut / "ppo" / ppo.CHECKPOINT
+        ppo.run_ppo(cfg, cut, live_plot=disconnect, progress=False)
+    ckpt = cut / "ppo" / ppo_train.CHECKPOINT
     assert (ckpt / "policy" / "adapter_config.json").exists()  # adapters only, not the weights
     assert not (ckpt / "policy" / "model.safetensors").exists()
     moved = tmp_path / "drive" / "MyDrive" / "run"
     moved.parent.mkdir(parents=True)
     shutil.copytree(cut, moved)
     shutil.rmtree(cut)
-    resumed = ppo.train_ppo(cfg, moved, progress=False)
+    resumed = ppo.run_ppo(cfg, moved, progress=False)
     assert resumed["resumed_from_step"] == 2
     assert ppo_history(moved) == ppo_history(whole)
 
     with pytest.raises(ValueError, match="trained with LoRA"):
         again = copy_run(tiny_models, tmp_path / "mismatch")
         with pytest.raises(KeyboardInterrupt):
-            ppo.train_ppo(cfg, again, live_plot=disconnect, progress=False)
-        ppo.train_ppo(PPOConfig.preset("cpu", **TINY_PPO, lora=False), again, progress=False)
+            ppo.run_ppo(cfg, again, live_plot=disconnect, progress=False)
+        ppo.run_ppo(PPOConfig.preset("cpu", **TINY_PPO, lora=False), again, progress=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -223,55 +223,55 @@ def _state(folder, step):
 
 
 def test_a_save_cut_off_between_renames_falls_back_to_the_previous_checkpoint(tmp_path):
-    _state(tmp_path / (ppo.CHECKPOINT + ".old"), 4)
-    tmp = tmp_path / (ppo.CHECKPOINT + ".tmp")
+    _state(tmp_path / (ppo_train.CHECKPOINT + ".old"), 4)
+    tmp = tmp_path / (ppo_train.CHECKPOINT + ".tmp")
     tmp.mkdir()
     (tmp / "state.pt").write_bytes(b"PK\x03\x04 truncated")  # the upload stopped mid-file
-    found = ppo.recover_checkpoint(tmp_path)
-    assert found == tmp_path / ppo.CHECKPOINT
+    found = ppo_train.recover_checkpoint(tmp_path)
+    assert found == tmp_path / ppo_train.CHECKPOINT
     assert torch.load(found / "state.pt", weights_only=False)["step"] == 4
-    assert not tmp.exists() and not (tmp_path / (ppo.CHECKPOINT + ".old")).exists()
+    assert not tmp.exists() and not (tmp_path / (ppo_train.CHECKPOINT + ".old")).exists()
 
 
 def test_a_complete_new_checkpoint_wins_over_the_old_one(tmp_path):
-    _state(tmp_path / (ppo.CHECKPOINT + ".old"), 4)
-    _state(tmp_path / (ppo.CHECKPOINT + ".tmp"), 6)
-    found = ppo.recover_checkpoint(tmp_path)
+    _state(tmp_path / (ppo_train.CHECKPOINT + ".old"), 4)
+    _state(tmp_path / (ppo_train.CHECKPOINT + ".tmp"), 6)
+    found = ppo_train.recover_checkpoint(tmp_path)
     assert torch.load(found / "state.pt", weights_only=False)["step"] == 6
 
 
 def test_a_whole_checkpoint_is_left_alone_and_no_checkpoint_is_none(tmp_path):
-    assert ppo.recover_checkpoint(tmp_path) is None
-    _state(tmp_path / ppo.CHECKPOINT, 8)
-    _state(tmp_path / (ppo.CHECKPOINT + ".tmp"), 10)  # an unfinished later save, not swapped in
-    found = ppo.recover_checkpoint(tmp_path)
+    assert ppo_train.recover_checkpoint(tmp_path) is None
+    _state(tmp_path / ppo_train.CHECKPOINT, 8)
+    _state(tmp_path / (ppo_train.CHECKPOINT + ".tmp"), 10)  # an unfinished later save, not swapped in
+    found = ppo_train.recover_checkpoint(tmp_path)
     assert torch.load(found / "state.pt", weights_only=False)["step"] == 8
-    assert not (tmp_path / (ppo.CHECKPOINT + ".tmp")).exists()
+    assert not (tmp_path / (ppo_train.CHECKPOINT + ".tmp")).exists()
 
 
 @pytest.mark.slow
 def test_sft_resumes_in_a_moved_run_folder(tiny_models, tmp_path):
     """SFT cut off after a checkpoint, the run folder moved to another path, re-run there: it
     resumes from the checkpoint (TRL's checkpoint holds no path that ties it to the old place)."""
-    from rlhf_course.sft import build_demonstrations, train_sft
+    from rlhf_course.sft import run_demos, run_sft
 
     cfg = SFTConfig.preset("cpu", dialogues=48, epochs=1.0, batch_size=8, save_steps=2, logging_steps=1,
                            eval_prompts=200, max_new_tokens=8, eval_batch_size=100)
     local = tmp_path / "content" / "run"
     local.mkdir(parents=True)
     shutil.copytree(tiny_models / "base", local / "base")
-    build_demonstrations(cfg, local)
+    run_demos(cfg, local)
 
     def disconnect(step, loss):
         if step >= 3:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train_sft(cfg, local, live_plot=disconnect, progress=False)
+        run_sft(cfg, local, live_plot=disconnect, progress=False)
     moved = tmp_path / "drive" / "MyDrive" / "run"
     shutil.copytree(local, moved)
     shutil.rmtree(local)
-    result = train_sft(cfg, moved, progress=False)
+    result = run_sft(cfg, moved, progress=False)
     assert result["resumed_from"] == "checkpoint-2" and result["train_steps"] == 8
     assert result["lora"] is False and (moved / "sft" / "model" / "model.safetensors").exists()
 
@@ -310,7 +310,7 @@ def test_sft_on_the_t4_preset_trains_the_runs_own_base_model_in_fp32(tiny_models
     learner chose in notebook 01), never the preset's hub id (no network here, so a fetch would
     fail), decides full fine-tuning from the model's size, and trains fp32 master weights of a
     model that loads in fp16 (without them, TRL's step would leave fp16 weights)."""
-    from rlhf_course.sft import build_demonstrations, train_sft
+    from rlhf_course.sft import run_demos, run_sft
 
     monkeypatch.setattr(hardware, "gpu_memory_gb", lambda: None)
     # precision stays 'auto' (on a CPU: what every other test uses): accelerate fixes the mixed
@@ -321,8 +321,8 @@ def test_sft_on_the_t4_preset_trains_the_runs_own_base_model_in_fp32(tiny_models
     run = tmp_path / "run"
     run.mkdir()
     (run / "base").symlink_to(tiny_models / "base")
-    build_demonstrations(cfg, run)
-    result = train_sft(cfg, run, progress=False)
+    run_demos(cfg, run)
+    result = run_sft(cfg, run, progress=False)
     assert result["lora"] is False and "full fine-tuning" in result["training_plan"]
     assert result["train_steps"] == 3  # 21 conversations (16 + 5 instructions) / 8 per step
     from safetensors import safe_open
@@ -343,8 +343,8 @@ def test_ppo_gets_its_own_mixed_precision_after_another_stage_fixed_one():
         Accelerator(cpu=True, mixed_precision="no")
         with pytest.raises(ValueError, match="already been initialized"):
             Accelerator(cpu=True, mixed_precision="bf16")  # what PPO met before
-        assert ppo._accelerator(Accelerator, False, "bf16").mixed_precision == "bf16"
-        assert ppo._accelerator(Accelerator, False, "bf16").mixed_precision == "bf16"  # kept
-        assert ppo._accelerator(Accelerator, False, "fp32").mixed_precision == "no"
+        assert ppo_train._accelerator(Accelerator, False, "bf16").mixed_precision == "bf16"
+        assert ppo_train._accelerator(Accelerator, False, "bf16").mixed_precision == "bf16"  # kept
+        assert ppo_train._accelerator(Accelerator, False, "fp32").mixed_precision == "no"
     finally:
         AcceleratorState._reset_state()

@@ -12,7 +12,8 @@ import pytest
 
 from rlhf_course import hh
 from rlhf_course.config import TRACKS, PPOConfig, RewardConfig, SFTConfig
-from rlhf_course.data import load_demonstrations, read_jsonl, validate_conversation, write_jsonl
+from rlhf_course.data import load_demonstrations, validate_conversation
+from rlhf_course.jsonl import read_jsonl, write_jsonl
 from rlhf_course.rankings import load_comparisons, validate_comparison
 from rlhf_course.world import Task
 
@@ -251,7 +252,7 @@ def test_hh_per_batch_keeps_a_toy_prompt_in_every_batch():
 
 
 def test_training_prompts_with_no_hh_share_are_the_toy_tracks(cache):
-    from rlhf_course.ppo import _training_tasks
+    from rlhf_course.ppo_train import _training_tasks
 
     toy = PPOConfig.preset("cpu", steps=2, batch_size=8, minibatch_size=4)
     zero = dataclasses.replace(toy, track="hh", hh_prompts=str(HH_FOLDER / "nowhere"), hh_prompt_fraction=0.05)
@@ -275,13 +276,13 @@ def test_training_prompts_mix_toy_tasks_and_hh_prompts(cache):
 
 
 def test_build_demonstrations_on_track_hh_adds_the_real_ones(tmp_path, hub_cache):
-    from rlhf_course.sft import SFT_DATA, build_demonstrations
+    from rlhf_course.sft import SFT_DATA, run_demos
 
     toy_cfg = SFTConfig.preset("cpu", dialogues=30)
     hh_cfg = dataclasses.replace(toy_cfg, track="hh", hh_demos=str(NO_ROBOTS), hh_instructions=str(DOLLY),
                                  hh_demo_count=3)
-    toy = build_demonstrations(toy_cfg, tmp_path / "toy")
-    real = build_demonstrations(hh_cfg, tmp_path / "hh")
+    toy = run_demos(toy_cfg, tmp_path / "toy")
+    real = run_demos(hh_cfg, tmp_path / "hh")
     assert "hh_skipped" not in toy and "track" not in toy
     # round(0.25 * 3) = 1 instruction from Dolly, 2 conversations from no_robots.
     assert real["by_source"] == {**toy["by_source"], hh.DIALOGUE_SOURCE: 2, hh.INSTRUCTION_SOURCE: 1}
@@ -316,16 +317,17 @@ def test_comparisons_reward_model_and_ppo_on_track_hh(tmp_path, hub_cache):
     sys.path.insert(0, str(Path(__file__).parent))
     from _runs import TINY_PPO, TINY_RM, tiny_run
 
-    from rlhf_course.comparisons import collect_comparisons
-    from rlhf_course.ppo import HISTORY, train_ppo
+    from rlhf_course.comparisons import run_comparisons
+    from rlhf_course.ppo import run_ppo
+    from rlhf_course.ppo_train import HISTORY
     from rlhf_course.rankings import COMPARISONS, HH_COMPARISONS, HH_HELDOUT_COMPARISONS
-    from rlhf_course.reward import train_reward_model
+    from rlhf_course.reward import run_rm
 
     run = tiny_run(tmp_path / "run")
     toy_rankings = load_comparisons(run / "comparisons" / COMPARISONS)
     cfg = RewardConfig.preset("cpu", **TINY_RM, track="hh", hh_preferences=str(HH_FOLDER), hh_pairs=6,
                               hh_heldout_pairs=4)
-    report = collect_comparisons(cfg, run, progress=False)
+    report = run_comparisons(cfg, run, progress=False)
     assert (report["hh_count"], report["hh_heldout_count"]) == (6, 4)
     assert report["hh_skipped"]["chosen equals rejected"] == 1
     hh_train = load_comparisons(run / "comparisons" / HH_COMPARISONS)
@@ -336,13 +338,13 @@ def test_comparisons_reward_model_and_ppo_on_track_hh(tmp_path, hub_cache):
     assert [(r["context"], r["replies"], r["ranking"]) for r in again] == [
         (r["context"], r["replies"], r["ranking"]) for r in toy_rankings]
 
-    rm = train_reward_model(cfg, run, progress=False)
+    rm = run_rm(cfg, run, progress=False)
     assert rm["hh_train_rankings"] == 6 and rm["hh_heldout_pairs"] == 4
     assert 0.0 <= rm["accuracy_hh_heldout"] <= 1.0
     assert rm["train_rankings"] == len(toy_rankings)  # the toy figures keep their meaning
 
     ppo_cfg = PPOConfig.preset("cpu", **TINY_PPO, track="hh", hh_prompts=str(HH_FOLDER), hh_prompt_fraction=0.25)
-    result = train_ppo(ppo_cfg, run, progress=False)
+    result = run_ppo(ppo_cfg, run, progress=False)
     assert result["hh_prompts_per_batch"] == 2
     history = [json.loads(line) for line in (run / "ppo" / HISTORY).read_text().splitlines()]
     assert len(history) == TINY_PPO["steps"]

@@ -18,9 +18,9 @@ def _configs(steps=2):
 
 def test_config_checks_name_the_field(tmp_path):
     with pytest.raises(ValueError, match="rounds"):
-        it.iterate(IterateConfig.preset("cpu", rounds=0), tmp_path)
+        it.run_iterate(IterateConfig.preset("cpu", rounds=0), tmp_path)
     with pytest.raises(ValueError, match="start"):
-        it.iterate(IterateConfig.preset("cpu", start="base"), tmp_path)
+        it.run_iterate(IterateConfig.preset("cpu", start="base"), tmp_path)
 
 
 def test_stage_configs_take_the_round_fields_and_the_presets_rest():
@@ -35,18 +35,18 @@ def test_it_needs_the_stages_before_it(tmp_path):
     from rlhf_course.runs import MissingStageOutput
 
     with pytest.raises(MissingStageOutput, match="ppo"):
-        it.iterate(IterateConfig.preset("cpu"), tmp_path)
+        it.run_iterate(IterateConfig.preset("cpu"), tmp_path)
 
 
 @pytest.fixture(scope="module")
 def iterated(tmp_path_factory):
-    from rlhf_course.ppo import train_ppo
+    from rlhf_course.ppo import run_ppo
 
     run = tiny_run(tmp_path_factory.mktemp("iterate_run"))
-    train_ppo(PPOConfig.preset("cpu", **TINY_PPO), run, progress=False)
+    run_ppo(PPOConfig.preset("cpu", **TINY_PPO), run, progress=False)
     seen = []
     cfg = IterateConfig.preset("cpu", rounds=2, heldout_prompts=8)
-    result = it.iterate(cfg, run, progress=False, on_round=seen.append, configs=_configs())
+    result = it.run_iterate(cfg, run, progress=False, on_round=seen.append, configs=_configs())
     return run, cfg, result, seen
 
 
@@ -93,6 +93,6 @@ def test_each_round_starts_from_the_policy_before_it(iterated):
 def test_a_rerun_keeps_finished_rounds(iterated):
     run, cfg, result, _ = iterated
     stamp = (it.round_dir(run, 1) / it.ROUND).stat().st_mtime_ns
-    again = it.iterate(cfg, run, progress=False, configs=_configs())
+    again = it.run_iterate(cfg, run, progress=False, configs=_configs())
     assert again["rounds"] == result["rounds"]
     assert (it.round_dir(run, 1) / it.ROUND).stat().st_mtime_ns == stamp

@@ -272,13 +272,13 @@ def test_append_flag_writes_one_synced_line_per_flag(tmp_path, monkeypatch):
 
 def test_the_stage_saves_the_filter_and_reports_held_out_figures(tmp_path):
     from rlhf_course.config import ModerationConfig
-    from rlhf_course.moderation import MODERATOR, load_run_moderator, train_moderation_stage
+    from rlhf_course.moderation import MODERATOR, load_run_moderator, run_moderation
     from rlhf_course.runs import MissingStageOutput
 
     with pytest.raises(MissingStageOutput, match="moderation"):
         load_run_moderator(tmp_path)
     cfg = ModerationConfig.preset("cpu", train_tasks=200, steps=30, eval_tasks=60)
-    result = train_moderation_stage(cfg, tmp_path)
+    result = run_moderation(cfg, tmp_path)
     assert (tmp_path / "moderation" / MODERATOR).exists()
     assert result["tasks"] == 60 and result["seed"] == cfg.seed
     assert result["positives"] == result["user"]["positives"] + result["assistant"]["positives"] > 0

@@ -60,7 +60,7 @@ def tiny_pipeline(run: Path) -> dict:
     sys.path.insert(0, str(Path(__file__).parent))
     from _runs import TINY_PPO, TINY_RM
 
-    from rlhf_course.comparisons import collect_comparisons
+    from rlhf_course.comparisons import run_comparisons
     from rlhf_course.config import (
         BaseConfig,
         EvalConfig,
@@ -70,13 +70,13 @@ def tiny_pipeline(run: Path) -> dict:
         RewardConfig,
         SFTConfig,
     )
-    from rlhf_course.evaluate import evaluate_run
-    from rlhf_course.iterate import iterate
-    from rlhf_course.moderation import train_moderation_stage
-    from rlhf_course.ppo import train_ppo
-    from rlhf_course.pretrain import run_base_stage
-    from rlhf_course.reward import train_reward_model
-    from rlhf_course.sft import build_demonstrations, train_sft
+    from rlhf_course.evaluate import run_eval
+    from rlhf_course.iterate import run_iterate
+    from rlhf_course.moderation import run_moderation
+    from rlhf_course.ppo import run_ppo
+    from rlhf_course.pretrain import run_base
+    from rlhf_course.reward import run_rm
+    from rlhf_course.sft import run_demos, run_sft
 
     base = BaseConfig.preset("cpu", steps=12, corpus_docs=400, d_model=64, n_heads=2, d_ff=128, n_layers=1,
                              vocab_size=320, batch_size=8, eval_prompts=200, max_new_tokens=8)
@@ -86,21 +86,21 @@ def tiny_pipeline(run: Path) -> dict:
     ppo = PPOConfig.preset("cpu", **TINY_PPO)
     small_ppo = PPOConfig.preset("cpu", **{**TINY_PPO, "steps": 2})
     report = {
-        "base": run_base_stage(base, run, progress=False),
-        "demos": build_demonstrations(sft, run),
-        "sft": train_sft(sft, run, progress=False),
-        "comparisons": collect_comparisons(rm, run, progress=False),
-        "rm": train_reward_model(rm, run, progress=False),
-        "ppo": train_ppo(ppo, run, progress=False),
+        "base": run_base(base, run, progress=False),
+        "demos": run_demos(sft, run),
+        "sft": run_sft(sft, run, progress=False),
+        "comparisons": run_comparisons(rm, run, progress=False),
+        "rm": run_rm(rm, run, progress=False),
+        "ppo": run_ppo(ppo, run, progress=False),
     }
-    report["iterate"] = iterate(IterateConfig.preset("cpu", rounds=2, heldout_prompts=8), run, progress=False,
+    report["iterate"] = run_iterate(IterateConfig.preset("cpu", rounds=2, heldout_prompts=8), run, progress=False,
                                 configs=(RewardConfig.preset("cpu", **{**TINY_RM, "prompts": 12}), small_ppo))
-    report["eval"] = evaluate_run(
+    report["eval"] = run_eval(
         EvalConfig.preset("cpu", behaviour_prompts=3, phrasing_questions=1, bon_prompts=4, bon_samples=4,
                           weak_kl_steps=2, curve_every=1, curve_prompts=6, max_new_tokens=8,
                           eval_batch_size=100, eval_prompts=200),
         run, progress=False, ppo_cfg=small_ppo)
-    report["moderation"] = train_moderation_stage(ModerationConfig.preset("cpu", train_tasks=300, steps=60), run,
+    report["moderation"] = run_moderation(ModerationConfig.preset("cpu", train_tasks=300, steps=60), run,
                                                   progress=False)
     return json.loads(json.dumps(report))  # as report.json holds it (tuples as lists)
 

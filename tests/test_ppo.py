@@ -11,8 +11,8 @@ import pytest
 import torch
 from _runs import TINY_PPO, copy_run, ppo_history, tiny_run
 
-from rlhf_course import ppo
-from rlhf_course.ppo import (
+from rlhf_course import ppo, ppo_train
+from rlhf_course.ppo_core import (
     KLController,
     PolicyLogprobs,
     ValueModel,
@@ -195,10 +195,10 @@ def test_the_stage_needs_sft_and_rm(tmp_path):
     from rlhf_course.runs import MissingStageOutput
 
     with pytest.raises(MissingStageOutput, match="--stages base,demos,sft\n"):
-        ppo.train_ppo(PPOConfig.preset("cpu"), tmp_path, progress=False)
+        ppo.run_ppo(PPOConfig.preset("cpu"), tmp_path, progress=False)
     (tmp_path / "sft" / "model").mkdir(parents=True)
     with pytest.raises(MissingStageOutput, match="produced by stage 'rm'"):
-        ppo.train_ppo(PPOConfig.preset("cpu"), tmp_path, progress=False)
+        ppo.run_ppo(PPOConfig.preset("cpu"), tmp_path, progress=False)
 
 
 # --------------------------------------------------------------------------- the stage
@@ -221,7 +221,7 @@ def test_ppo_stage_reports_saves_and_repeats_itself_exactly(ppo_run, tmp_path):
     cfg = PPOConfig.preset("cpu", **TINY, ptx_coef=0.5)
     seen = []
     a = copy_run(ppo_run, tmp_path / "a")
-    result = ppo.train_ppo(cfg, a, live_plot=lambda step, m: seen.append((step, m)), progress=False)
+    result = ppo.run_ppo(cfg, a, live_plot=lambda step, m: seen.append((step, m)), progress=False)
     for key in ("gold", "proxy_reward", "kl_to_sft", "win_rate_vs_sft", "sft_gold", "gold_by_family",
                 "sft_gold_by_family", "seconds"):
         assert key in result, key
@@ -233,11 +233,11 @@ def test_ppo_stage_reports_saves_and_repeats_itself_exactly(ppo_run, tmp_path):
     assert [h["step"] for h in history] == [1, 2, 3, 4]
     assert history[0]["kl"] == 0.0  # the first rollout comes from the SFT policy itself
     assert history[-1]["kl"] != 0.0  # ... and the updates moved the policy
-    assert not (a / "ppo" / ppo.CHECKPOINT).exists()  # a finished run leaves no checkpoint
+    assert not (a / "ppo" / ppo_train.CHECKPOINT).exists()  # a finished run leaves no checkpoint
     load_checkpoint(a / "ppo" / "model")
     # The same seed gives the same curves.
     b = copy_run(ppo_run, tmp_path / "b")
-    ppo.train_ppo(cfg, b, progress=False)
+    ppo.run_ppo(cfg, b, progress=False)
     assert ppo_history(b) == history
 
 
@@ -247,7 +247,7 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_with_the_same_curves(ppo
 
     cfg = PPOConfig.preset("cpu", **TINY)
     whole = copy_run(ppo_run, tmp_path / "whole")
-    ppo.train_ppo(cfg, whole, progress=False)
+    ppo.run_ppo(cfg, whole, progress=False)
 
     cut = copy_run(ppo_run, tmp_path / "cut")
 
@@ -256,9 +256,9 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_with_the_same_curves(ppo
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        ppo.train_ppo(cfg, cut, live_plot=interrupt, progress=False)
-    assert (cut / "ppo" / ppo.CHECKPOINT / "state.pt").exists()  # saved after step 2
-    result = ppo.train_ppo(cfg, cut, progress=False)
+        ppo.run_ppo(cfg, cut, live_plot=interrupt, progress=False)
+    assert (cut / "ppo" / ppo_train.CHECKPOINT / "state.pt").exists()  # saved after step 2
+    result = ppo.run_ppo(cfg, cut, progress=False)
     assert result["resumed_from_step"] == 2
     assert ppo_history(cut) == ppo_history(whole)
 
@@ -268,7 +268,7 @@ def test_a_non_finite_loss_stops_with_advice_and_keeps_the_checkpoint(ppo_run, t
     from rlhf_course.config import PPOConfig
 
     run = copy_run(ppo_run, tmp_path / "nan")
-    real = ppo.policy_loss
+    real = ppo_train.policy_loss
     calls = []
 
     def broken(*args, **kwargs):
@@ -277,10 +277,10 @@ def test_a_non_finite_loss_stops_with_advice_and_keeps_the_checkpoint(ppo_run, t
         # 2 epochs x 2 minibatches per step: the 9th call is in step 3, after the checkpoint
         return (loss * float("nan"), stats) if len(calls) >= 9 else (loss, stats)
 
-    monkeypatch.setattr(ppo, "policy_loss", broken)
-    with pytest.raises(ppo.PPOStopped, match=r"step 3: the policy loss is nan.*after step 2.*lower lr"):
-        ppo.train_ppo(PPOConfig.preset("cpu", **TINY), run, progress=False)
-    state = torch.load(run / "ppo" / ppo.CHECKPOINT / "state.pt", weights_only=False)
+    monkeypatch.setattr(ppo_train, "policy_loss", broken)
+    with pytest.raises(ppo_train.PPOStopped, match=r"step 3: the policy loss is nan.*after step 2.*lower lr"):
+        ppo.run_ppo(PPOConfig.preset("cpu", **TINY), run, progress=False)
+    state = torch.load(run / "ppo" / ppo_train.CHECKPOINT / "state.pt", weights_only=False)
     assert state["step"] == 2
 
 
@@ -290,8 +290,8 @@ def test_kl_past_the_ceiling_stops_training(ppo_run, tmp_path):
 
     run = copy_run(ppo_run, tmp_path / "kl")
     # The first rollout is the SFT policy's own (KL exactly 0); any update then moves it.
-    with pytest.raises(ppo.PPOStopped, match=r"step [234]: the mean KL .* past max_kl=1e-06.*init_kl_coef"):
-        ppo.train_ppo(PPOConfig.preset("cpu", **TINY, max_kl=1e-6), run, progress=False)
+    with pytest.raises(ppo_train.PPOStopped, match=r"step [234]: the mean KL .* past max_kl=1e-06.*init_kl_coef"):
+        ppo.run_ppo(PPOConfig.preset("cpu", **TINY, max_kl=1e-6), run, progress=False)
 
 
 @pytest.mark.slow
@@ -323,12 +323,12 @@ def test_oracle_reward_is_gold_or_the_annotators_utility_normalised():
     task = World(0).tasks("train", 1, seed=2, families=["fact"])[0]
     replies = [task.ideal, task.flawed["wrong"], task.flawed["filler"]]
     people = Annotators(8.0, 0.08)
-    gold = ppo.OracleReward("gold", people, offset=0.5, scale=2.0)
+    gold = ppo_train.OracleReward("gold", people, offset=0.5, scale=2.0)
     assert gold.score([task] * 3, replies) == pytest.approx([(gold_score(task, r).total - 0.5) / 2 for r in replies])
-    util = ppo.OracleReward("annotators", people)
+    util = ppo_train.OracleReward("annotators", people)
     assert util.score([task] * 3, replies) == pytest.approx(people.utilities(task, replies))
     with pytest.raises(ValueError, match="'gold' or 'annotators'"):
-        ppo.OracleReward("rm", people)
+        ppo_train.OracleReward("rm", people)
 
 
 def test_config_refuses_an_unknown_reward_and_an_oracle_without_gold():
@@ -345,7 +345,7 @@ def test_the_stage_runs_the_ladder_on_the_same_prompts_and_reports_each_rung(ppo
     from rlhf_course.config import PPOConfig
 
     run = copy_run(ppo_run, tmp_path / "ladder")
-    result = ppo.train_ppo(PPOConfig.preset("cpu", **{**TINY, "ladder": True}), run, progress=False)
+    result = ppo.run_ppo(PPOConfig.preset("cpu", **{**TINY, "ladder": True}), run, progress=False)
     assert result["reward"] == "rm" and result["ladder_seconds"] > 0
     for prefix in ("oracle", "annotator_oracle"):
         assert 0.0 <= result[f"{prefix}_gold"] <= 1.0 and 0.0 <= result[f"{prefix}_win_rate_vs_sft"] <= 1.0
@@ -353,6 +353,6 @@ def test_the_stage_runs_the_ladder_on_the_same_prompts_and_reports_each_rung(ppo
     assert len(gold_run) == len(util_run) == TINY["steps"]
     assert gold_run[0]["gold"] == util_run[0]["gold"]  # the same prompts, the same first rollout
     # The gold run trains on gold itself, normalised: its training reward is a line in gold.
-    oracle = ppo.OracleReward.from_run("gold", run, PPOConfig.preset("cpu", **TINY))
+    oracle = ppo_train.OracleReward.from_run("gold", run, PPOConfig.preset("cpu", **TINY))
     for h in gold_run:
         assert h["proxy_reward"] == pytest.approx((h["gold"] - oracle.offset) / oracle.scale, abs=2e-3)

@@ -170,7 +170,7 @@ def test_missing_or_null_parts_still_render(tmp_path):
 
 
 def test_eval_stage_shapes_as_evaluate_run_writes_them(tmp_path):
-    # evaluate.evaluate_run also reports per-stage families, counts per behaviour family, the
+    # evaluate.run_eval also reports per-stage families, counts per behaviour family, the
     # rounds' lengths and biases keyed 'round_N', a fit that failed with a note, the RLHF stage.
     report = full_report()
     ev = report["eval"]

@@ -5,9 +5,9 @@ import json
 import pytest
 
 from rlhf_course.config import BaseConfig, SFTConfig
-from rlhf_course.pretrain import run_base_stage
+from rlhf_course.pretrain import run_base
 from rlhf_course.runs import CorruptStageOutput, MissingStageOutput
-from rlhf_course.sft import SFT_DATA, build_demonstrations, lora_config, train_sft, trl_config
+from rlhf_course.sft import SFT_DATA, lora_config, run_demos, run_sft, trl_config
 
 BASE = {"steps": 12, "corpus_docs": 400, "d_model": 64, "n_heads": 2, "d_ff": 128, "n_layers": 1,
         "vocab_size": 320, "batch_size": 8, "eval_prompts": 200, "max_new_tokens": 8}
@@ -19,7 +19,7 @@ SFT = {"dialogues": 48, "instruction_fraction": 0.25, "epochs": 1.0, "batch_size
 @pytest.fixture(scope="module")
 def base_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("run")
-    run_base_stage(BaseConfig.preset("cpu", **BASE), run, progress=False)
+    run_base(BaseConfig.preset("cpu", **BASE), run, progress=False)
     return run
 
 
@@ -42,7 +42,7 @@ def test_lora_config_only_when_asked():
 def test_sft_needs_demos_and_says_which_stage_makes_them(base_run, tmp_path):
     (tmp_path / "base").symlink_to(base_run / "base")
     with pytest.raises(MissingStageOutput, match="--stages demos"):
-        train_sft(SFTConfig.preset("cpu", **SFT), tmp_path, progress=False)
+        run_sft(SFTConfig.preset("cpu", **SFT), tmp_path, progress=False)
 
 
 @pytest.mark.slow
@@ -51,7 +51,7 @@ def test_demos_then_sft_report_and_resume_after_interruption(base_run, tmp_path)
     run.mkdir()
     (run / "base").symlink_to(base_run / "base")
     cfg = SFTConfig.preset("cpu", **SFT)
-    demos = build_demonstrations(cfg, run)
+    demos = run_demos(cfg, run)
     assert demos["count"] == 64 and demos["by_source"] == {"trainer": 48, "instructions": 16}
     assert 0.5 < demos["trainer_gold"] < 0.95
 
@@ -62,11 +62,11 @@ def test_demos_then_sft_report_and_resume_after_interruption(base_run, tmp_path)
         if step >= 5:
             raise Interrupt  # a disconnect in the middle of training
     with pytest.raises(Interrupt):
-        train_sft(cfg, run, live_plot=die_at_step_5, progress=False)
+        run_sft(cfg, run, live_plot=die_at_step_5, progress=False)
     checkpoints = sorted(p.name for p in (run / "sft" / "checkpoints").iterdir() if p.is_dir())
     assert checkpoints == ["checkpoint-4"]
 
-    sft = train_sft(cfg, run, progress=False)
+    sft = run_sft(cfg, run, progress=False)
     assert sft["resumed_from"] == "checkpoint-4"
     assert sft["train_steps"] == 8  # 64 conversations / 8 per step, one epoch
     assert 0.0 <= sft["gold"] <= 1.0 and 0.0 <= sft["win_rate_vs_base"] <= 1.0
@@ -75,7 +75,7 @@ def test_demos_then_sft_report_and_resume_after_interruption(base_run, tmp_path)
     assert len((run / "sft" / "samples.jsonl").read_text().splitlines()) == 200
     # A finished run leaves no checkpoint behind, so the next run trains afresh.
     assert not (run / "sft" / "checkpoints").exists()
-    again = train_sft(cfg, run, progress=False)
+    again = run_sft(cfg, run, progress=False)
     assert again["resumed_from"] is None and again["train_steps"] == 8
 
 
@@ -85,8 +85,8 @@ def test_sft_with_lora_trains_adapters_and_saves_a_merged_model(base_run, tmp_pa
     run.mkdir()
     (run / "base").symlink_to(base_run / "base")
     cfg = SFTConfig.preset("cpu", **{**SFT, "dialogues": 24}, lora=True, lora_r=4)
-    build_demonstrations(cfg, run)
-    sft = train_sft(cfg, run, progress=False)
+    run_demos(cfg, run)
+    sft = run_sft(cfg, run, progress=False)
     assert sft["train_steps"] == 4
     config = json.loads((run / "sft" / "model" / "config.json").read_text())
     assert config["hidden_size"] == BASE["d_model"]  # merged: a plain model, no adapter folder
@@ -100,7 +100,7 @@ def test_malformed_demo_file_names_file_and_line(base_run, tmp_path):
     good = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}
     (run / "demos" / SFT_DATA).write_text(json.dumps(good) + "\n" + "{broken\n" + json.dumps(good) + "\n")
     with pytest.raises(CorruptStageOutput) as err:
-        train_sft(SFTConfig.preset("cpu", **SFT), run, progress=False)
+        run_sft(SFTConfig.preset("cpu", **SFT), run, progress=False)
     assert SFT_DATA in str(err.value) and "line 2" in str(err.value)
     # Nothing already written is lost.
     assert (run / "demos" / SFT_DATA).read_text().count("\n") == 3
@@ -113,4 +113,4 @@ def test_demo_ending_on_user_turn_is_rejected_with_the_reason(base_run, tmp_path
     bad = {"messages": [{"role": "user", "content": "Hi"}]}
     (run / "demos" / SFT_DATA).write_text(json.dumps(bad) + "\n")
     with pytest.raises(CorruptStageOutput, match="user turn"):
-        train_sft(SFTConfig.preset("cpu", **SFT), run, progress=False)
+        run_sft(SFTConfig.preset("cpu", **SFT), run, progress=False)
