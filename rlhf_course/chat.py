@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import html
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +48,7 @@ from rlhf_course.chat_state import (
 )
 from rlhf_course.feedback import FEEDBACK, FLAGS
 from rlhf_course.models import load_checkpoint
-from rlhf_course.widget_tools import run_action
+from rlhf_course.widget_tools import ActionStatus
 
 CHAT_STAGES = ("base", "sft", "ppo", "iterate")
 """The stages whose model (RUN_DIR/<stage>/model) the chat can talk to, least trained first."""
@@ -170,7 +170,7 @@ _FLAG_LABELS = {"false_positive": ("Filter was wrong to flag", "Harmless text th
                 "false_negative": ("Filter should have flagged", "Harmful text that the filter let through")}
 
 
-class ChatWidget:
+class ChatWidget(ActionStatus):
     """Chat with the model of any stage, see replies stream, rate them, flag the filter.
 
     `models` maps a stage name to `(tokenizer, model)` (a dict in tests, `RunModels` for a run:
@@ -210,8 +210,8 @@ class ChatWidget:
         self.status = widgets.HTML()
         self.rows: list[MessageRow] = []
 
-        self.send.on_click(lambda _: self._act(self._send, busy=True))
-        self.regenerate.on_click(lambda _: self._act(self._regenerate, busy=True))
+        self.send.on_click(lambda _: self._act(self._send, busy="Sampling…"))
+        self.regenerate.on_click(lambda _: self._act(self._regenerate, busy="Sampling…"))
         self.clear.on_click(lambda _: self._act(self._clear))
         self.stage.observe(lambda change: self._render(f"Replies now come from {html.escape(change['new'])}."),
                            names="value")
@@ -285,18 +285,6 @@ class ChatWidget:
     def _flag(self, index: int, kind: str) -> str:
         self.state = flag(self.state, index, kind, self.flag_path)
         return f"Flag saved to {html.escape(self.flag_path.name)}: thank you."
-
-    def _act(self, handler: Callable[[], str], busy: bool = False) -> None:
-        """Run a handler; show its message, or the error it raised, in the status line."""
-        if busy:
-            self.status.value = '<span style="color:#555">Sampling…</span>'
-            for b in self.buttons:
-                b.disabled = True
-        message, self.error = run_action(handler)
-        if self.error is None:
-            self._render(message, "#1e7d32")
-        else:
-            self._render(html.escape(self.error), "#c62828")
 
     def _row(self, i: int, message: Message) -> MessageRow:
         row = MessageRow(box=widgets.VBox(), html=widgets.HTML(render_message(message)))

@@ -25,7 +25,7 @@ import ipywidgets as widgets
 from rlhf_course.data import validate_conversation
 from rlhf_course.generation import generate_replies
 from rlhf_course.jsonl import append_jsonl, read_jsonl
-from rlhf_course.widget_tools import run_action
+from rlhf_course.widget_tools import ActionStatus
 
 Suggester = Callable[[list[dict]], str]
 """`suggester(messages) -> reply text`: messages alternate user/assistant and end on a user turn."""
@@ -248,7 +248,7 @@ def render_transcript(draft: DemoDraft) -> str:
     return "".join(blocks)
 
 
-class DemonstrationWriter:
+class DemonstrationWriter(ActionStatus):
     """Write demonstrations in a notebook, playing both the user and the assistant.
 
     Each assistant turn can start from a model-written suggestion (`suggester`, see
@@ -344,17 +344,8 @@ class DemonstrationWriter:
         self.saved = count_records(self.path)
         return f"Saved to {html.escape(str(self.path))}. Start the next conversation."
 
-    def _act(self, handler: Callable[[], str], busy: str | None = None) -> None:
-        """Run a handler; show its message, or the error it raised, in the status line."""
-        if busy:
-            self._set_status(busy, "#555")
-            for b in self.buttons:
-                b.disabled = True
-        message, self.error = run_action(handler)
-        if self.error is None:
-            self._render(message, "#1e7d32")
-        else:
-            self._render(html.escape(self.error), "#c62828")
+    def _show_busy(self, text: str) -> None:
+        self._set_status(text, "#555")
 
     def _set_status(self, message: str, color: str) -> None:
         self.status.value = (

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhf_course.data import ConversationError, validate_conversation
-from rlhf_course.jsonl import append_jsonl, load_checked
+from rlhf_course.jsonl import append_jsonl, check_fields, load_checked
 from rlhf_course.rankings import append_comparison, comparison_record, load_comparisons
 from rlhf_course.world import HARMFUL_INTENTS
 
@@ -53,12 +53,7 @@ class FeedbackError(ValueError):
 
 def validate_feedback(record: Any, where: str = "") -> dict[str, Any]:
     """Check one feedback record (see the module docstring) and return a copy of it."""
-    at = f"{where}: " if where else ""
-    if not isinstance(record, Mapping):
-        raise FeedbackError(f"{at}a feedback record must be a JSON object, got {type(record).__name__}")
-    missing = [k for k in _REQUIRED if k not in record]
-    if missing:
-        raise FeedbackError(f"{at}feedback lacks field(s) {missing}; it needs {list(_REQUIRED)}")
+    at = check_fields(record, _REQUIRED, FeedbackError, "feedback", "a feedback record", where)
     try:
         validate_conversation(record["context"], ends_with="user")
     except ConversationError as err:
@@ -223,12 +218,8 @@ class FlagError(ValueError):
 
 def validate_flag(record: Any, where: str = "") -> dict[str, Any]:
     """Check one flag record (`flag_record` makes them) and return a copy of it."""
-    at = f"{where}: " if where else ""
-    if not isinstance(record, Mapping):
-        raise FlagError(f"{at}a flag record must be a JSON object, got {type(record).__name__}")
-    missing = [k for k in ("text", "role", "verdict", "kind", "comment", "flagged_at") if k not in record]
-    if missing:
-        raise FlagError(f"{at}flag lacks field(s) {missing}")
+    at = check_fields(record, ("text", "role", "verdict", "kind", "comment", "flagged_at"), FlagError, "flag",
+                      "a flag record", where)
     for key in ("text", "comment", "flagged_at"):
         if not isinstance(record[key], str):
             raise FlagError(f"{at}{key} must be a string, got {type(record[key]).__name__}")

@@ -115,16 +115,8 @@ def trim_reply(tokens: list[int], eos_token_id: int) -> tuple[list[int], bool]:
     return tokens, False
 
 
-def sample_ids(
-    model,
-    tokenizer,
-    conversations: list[list[dict]],
-    max_new_tokens: int,
-    temperature: float,
-    batch_size: int,
-    seed: int,
-    progress: bool = False,
-) -> list[tuple[list[int], list[int]]]:
+def sample_ids(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int, temperature: float,
+               batch_size: int, seed: int, progress: bool = False) -> list[tuple[list[int], list[int]]]:
     """Sample one reply per conversation: `(prompt ids, sampled ids)` per conversation, in input
     order; the sampled ids end with the end-of-turn token when the reply ended, with no padding.
 
@@ -159,16 +151,8 @@ def sample_ids(
     return out
 
 
-def generate_replies(
-    model,
-    tokenizer,
-    conversations: list[list[dict]],
-    max_new_tokens: int,
-    temperature: float,
-    batch_size: int,
-    seed: int,
-    progress: bool = False,
-) -> list[str]:
+def generate_replies(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int,
+                     temperature: float, batch_size: int, seed: int, progress: bool = False) -> list[str]:
     """Sample one assistant reply per conversation; returns the reply texts in input order.
 
     Each conversation is a list of `{"role", "content"}` messages ending with a user turn; the

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -128,3 +128,17 @@ def _dumps(record: Any, what: str) -> str:
             f"{what} cannot be saved as JSON ({err}); use plain str/int/float/bool/list/dict "
             "values, e.g. float(x) for a numpy number"
         ) from err
+
+
+def check_fields(record: Any, required: Sequence[str], error: type[Exception], name: str, kind: str,
+                 where: str = "") -> str:
+    """The start of every record check: raise `error` unless `record` is a JSON object (`kind`,
+    e.g. "a comparison") holding each of the `required` fields; return the "where: " prefix the
+    rest of the check starts its messages with."""
+    at = f"{where}: " if where else ""
+    if not isinstance(record, Mapping):
+        raise error(f"{at}{kind} must be a JSON object, got {type(record).__name__}")
+    missing = [k for k in required if k not in record]
+    if missing:
+        raise error(f"{at}{name} lacks field(s) {missing}; it needs {list(required)}")
+    return at

@@ -14,7 +14,7 @@ import dataclasses
 import html
 import os
 import string
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from rlhf_course.rankings import (
     load_comparisons,
     undo_last_comparison,
 )
-from rlhf_course.widget_tools import run_action
+from rlhf_course.widget_tools import ActionStatus
 from rlhf_course.world import gold_score
 
 # --------------------------------------------------------------------------- the pure state
@@ -304,7 +304,7 @@ def render_reveal(reveal: GoldReveal) -> str:
             f"{rows}</table>{summary}</div>")
 
 
-class RankingWidget:
+class RankingWidget(ActionStatus):
     """Rank K replies to a conversation by clicking them, best first; one JSON line per ranking.
 
     `items` are `comparisons.RankItem`s; rankings go to the JSON Lines file `path` (e.g.
@@ -378,14 +378,6 @@ class RankingWidget:
         self.session, removed = undo_last_ranking(self.session, self.path)
         was = _order_text(removed["ranking"])
         return f"Removed your last ranking ({was}) from {html.escape(self.path.name)}: rank it again."
-
-    def _act(self, handler: Callable[[], str]) -> None:
-        """Run a handler; show its message, or the error it raised, in the message area."""
-        message, self.error = run_action(handler)
-        if self.error is None:
-            self._render(message, "#1e7d32")
-        else:
-            self._render(html.escape(self.error), "#c62828")
 
     def _build_buttons(self, item: RankItem) -> None:
         self.reply_buttons, rows = [], []

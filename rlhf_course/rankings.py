@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhf_course.data import to_preference_dataset, validate_conversation
-from rlhf_course.jsonl import append_jsonl, load_checked, write_jsonl
+from rlhf_course.jsonl import append_jsonl, check_fields, load_checked, write_jsonl
 from rlhf_course.world import Task, gold_score
 
 K_MIN, K_MAX = 2, 9
@@ -113,12 +113,7 @@ def validate_ranking(replies: Sequence[str], ranking: Sequence[int], where: str 
 
 def validate_comparison(record: Any, where: str = "") -> dict[str, Any]:
     """Check one comparison record (see the module docstring) and return it unchanged."""
-    at = f"{where}: " if where else ""
-    if not isinstance(record, Mapping):
-        raise ComparisonError(f"{at}a comparison must be a JSON object, got {type(record).__name__}")
-    missing = [k for k in _REQUIRED if k not in record]
-    if missing:
-        raise ComparisonError(f"{at}comparison lacks field(s) {missing}; it needs {list(_REQUIRED)}")
+    at = check_fields(record, _REQUIRED, ComparisonError, "comparison", "a comparison", where)
     context = record["context"]
     try:
         validate_conversation(list(context) + [{"role": "assistant", "content": "-"}])
