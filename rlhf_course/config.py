@@ -3,6 +3,10 @@
 A preset is the dataclass's defaults (the `cpu` values) overridden by a small dict per profile,
 so a reader sees in one place what changes between a laptop, a Colab T4 and an A100.
 Notebooks and the CLI call `BaseConfig.preset("cpu", steps=100)`; unknown fields are an error.
+
+The file is longer than 600 lines on purpose: it is the course's settings, each field with the
+reason for its value, read like a table; split up, the stages' knobs could not be compared at a
+glance.
 """
 
 from __future__ import annotations
@@ -15,8 +19,30 @@ from typing import Any, ClassVar
 from rlhf_course.hardware import check_profile
 
 
+@dataclass(frozen=True)
+class EvalSettings:
+    """How a stage measures its policy: the held-out protocol every stage's report shares."""
+
+    prompts: int = 480
+    """Prompts of the main held-out set sampled for the stage's `gold` and win rates (at least
+    200; 480 give every family 48), and as many of the generalisation probe for `gold_ood`."""
+    max_new_tokens: int = 64
+    """Longest sampled reply, in tokens (in stage `ppo` also the longest rollout)."""
+    temperature: float = 0.7
+    """Sampling temperature of evaluation replies, the same in every stage's report."""
+    batch_size: int = 48
+    """Prompts per generation batch."""
+
+
+EVAL_NAMES = {"eval_prompts": "prompts", "max_new_tokens": "max_new_tokens", "temperature": "temperature",
+              "eval_batch_size": "batch_size"}
+"""A config's flat names for its `eval` settings (`cfg.eval_prompts` is `cfg.eval.prompts`), as
+presets, overrides, notebooks' parameters and `--set stage.eval_prompts=...` use them."""
+
+
 class _Preset:
-    """Mixin: `Cls.preset(profile, **overrides)` and `cfg.to_dict()` for frozen dataclasses."""
+    """Mixin: `Cls.preset(profile, **overrides)` and `cfg.to_dict()` for frozen dataclasses; a
+    config with an `eval` field also reads and takes its settings by their flat names."""
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
 
@@ -25,16 +51,39 @@ class _Preset:
         """The config for `profile` ('cpu', 't4', 'a100'), with `overrides` applied last."""
         check_profile(profile)
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(overrides) - names)
+        flat = EVAL_NAMES if "eval" in names else {}
+        unknown = sorted(set(overrides) - names - set(flat))
         if unknown:
             raise TypeError(
-                f"{cls.__name__} has no field(s) {unknown}; valid fields: {sorted(names)}"
+                f"{cls.__name__} has no field(s) {unknown}; valid fields: {sorted(names | set(flat))}"
             )
         values = {**cls.PRESETS.get(profile, {}), **overrides, "profile": profile}
+        if flat:
+            nested = {flat[k]: values.pop(k) for k in list(values) if k in flat}
+            values["eval"] = dataclasses.replace(_eval_settings(values.pop("eval", EvalSettings())), **nested)
         return cls(**values)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only for names that are not fields: the flat names of the `eval` settings.
+        if name in EVAL_NAMES and "eval" in self.__dataclass_fields__:
+            return getattr(self.eval, EVAL_NAMES[name])
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    def __post_init__(self) -> None:
+        # `eval` given as a dict (a config read back from JSON) becomes EvalSettings again.
+        if "eval" in self.__dataclass_fields__ and not isinstance(self.eval, EvalSettings):
+            object.__setattr__(self, "eval", _eval_settings(self.eval))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _eval_settings(value: Any) -> EvalSettings:
+    if isinstance(value, EvalSettings):
+        return value
+    if isinstance(value, dict):
+        return EvalSettings(**value)
+    raise TypeError(f"eval must be EvalSettings or its dict, got {type(value).__name__}")
 
 
 TRACKS = ("toy", "hh")
@@ -131,15 +180,9 @@ class BaseConfig(_Preset):
     the trust over. Code from the hub runs with your account's rights; read it first."""
 
     # --- evaluation ---
-    eval_prompts: int = 480
-    """Prompts of the main held-out set sampled for `base.gold` (at least 200; 480 give every
-    family 48), and as many of the generalisation probe for `base.gold_ood`."""
-    max_new_tokens: int = 64
-    """Longest sampled reply, in tokens."""
-    temperature: float = 0.7
-    """Sampling temperature for evaluation replies (the same in every stage's report)."""
-    eval_batch_size: int = 48
-    """Prompts per generation batch."""
+    eval: EvalSettings = EvalSettings()
+    """The held-out protocol (`cfg.eval_prompts`, `cfg.max_new_tokens`, `cfg.temperature`,
+    `cfg.eval_batch_size` read it)."""
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "cpu": {},
@@ -218,16 +261,10 @@ class SFTConfig(_Preset):
     logging_steps: int = 10
     """Log (and redraw the live loss plot) every this many steps."""
 
-    # --- evaluation (same protocol as the base stage) ---
-    eval_prompts: int = 480
-    """Main held-out prompts for `sft.gold` and the win rate against the base model (at least
-    200; 480 give every family 48), and as many probe prompts for `sft.gold_ood`."""
-    max_new_tokens: int = 64
-    """Longest sampled reply, in tokens."""
-    temperature: float = 0.7
-    """Sampling temperature for evaluation replies (the same as the base stage's)."""
-    eval_batch_size: int = 48
-    """Prompts per generation batch."""
+    # --- evaluation (same protocol as the base stage; also the win rate against the base) ---
+    eval: EvalSettings = EvalSettings()
+    """The held-out protocol (`cfg.eval_prompts`, `cfg.max_new_tokens`, `cfg.temperature`,
+    `cfg.eval_batch_size` read it)."""
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "cpu": {},
@@ -238,6 +275,7 @@ class SFTConfig(_Preset):
     }
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check_track(self, counts=("hh_demo_count",), names=("hh_demos", "hh_instructions"))
 
 
@@ -329,6 +367,7 @@ class RewardConfig(_Preset):
     }
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check_track(self, counts=("hh_pairs", "hh_heldout_pairs"), names=("hh_preferences",))
 
 
@@ -368,8 +407,6 @@ class PPOConfig(_Preset):
     SFT, 40 steps 0.765 and 0.603; 40 x 32 replies take about 2.5 minutes on 2 cores."""
     batch_size: int = 32
     """Replies sampled per step (per process when several run data-parallel)."""
-    max_new_tokens: int = 64
-    """Longest reply sampled in a rollout, in tokens."""
     rollout_temperature: float = 0.7
     """Sampling temperature of rollouts, and the temperature log-probs are computed at (they must
     match, or the ratio and the KL are measured on another distribution than the one sampled)."""
@@ -434,15 +471,11 @@ class PPOConfig(_Preset):
     save_every: int = 10
     """Save a checkpoint every this many steps; a re-run resumes from the last one."""
 
-    # --- evaluation ---
-    eval_prompts: int = 480
-    """Main held-out prompts for `ppo.gold`, the win rate against SFT and the KL (at least 200;
-    the same number as SFTConfig's, so SFT's saved replies are reused), and as many probe prompts
-    for `gold_ood`."""
-    temperature: float = 0.7
-    """Evaluation sampling temperature (the same as every stage's)."""
-    eval_batch_size: int = 48
-    """Prompts per generation batch in evaluation."""
+    # --- evaluation (also the win rate and KL against SFT, on SFT's saved replies, and the
+    # longest rollout: `eval.max_new_tokens`) ---
+    eval: EvalSettings = EvalSettings()
+    """The held-out protocol (`cfg.eval_prompts`, `cfg.max_new_tokens`, `cfg.temperature`,
+    `cfg.eval_batch_size` read it)."""
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "cpu": {},
@@ -457,6 +490,7 @@ class PPOConfig(_Preset):
     }
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check_track(self, fractions=("hh_prompt_fraction",), names=("hh_prompts",))
         if self.reward not in ("rm", "gold", "annotators"):
             raise ValueError(f"PPOConfig.reward = {self.reward!r}: use 'rm' (the reward model), 'gold' "
@@ -532,14 +566,9 @@ class EvalConfig(_Preset):
     """Held-out gold, proxy and KL are measured every this many steps of the weak-KL run."""
     curve_prompts: int = 96
     """Held-out prompts per point of that curve."""
-    max_new_tokens: int = 64
-    """Longest sampled reply, in tokens."""
-    temperature: float = 0.7
-    """Sampling temperature (the same as every stage's evaluation)."""
-    eval_batch_size: int = 48
-    """Prompts per generation batch."""
-    eval_prompts: int = 480
-    """The main held-out prompts every stage reports on (win rates are computed on them)."""
+    eval: EvalSettings = EvalSettings()
+    """The held-out protocol (`cfg.eval_prompts`, `cfg.max_new_tokens`, `cfg.temperature`,
+    `cfg.eval_batch_size` read it)."""
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "cpu": {},
@@ -643,8 +672,11 @@ def parse_field(cls: Any, field: str, raw: str) -> Any:
     """`raw`, a command-line string (`--set stage.field=raw`), as a value of `cls`'s dataclass
     field `field`: bools from true/false, numbers from digits, `none` for an optional field."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    if field not in fields:
-        raise ValueError(f"{cls.__name__} has no field {field!r}; valid fields: {sorted(fields)}")
+    if "eval" in fields and field in EVAL_NAMES:  # a flat name of the `eval` settings
+        cls, fields, field = EvalSettings, {}, EVAL_NAMES[field]
+    elif field not in fields or field == "eval":
+        flat = sorted(set(fields) - {"eval"} | (set(EVAL_NAMES) if "eval" in fields else set()))
+        raise ValueError(f"{cls.__name__} has no field {field!r}; valid fields: {flat}")
     # Annotations are strings under `from __future__ import annotations`; resolve them.
     kind = typing.get_type_hints(cls).get(field, str)
     optional = type(None) in typing.get_args(kind)

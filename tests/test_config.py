@@ -3,6 +3,7 @@
 import ast
 import dataclasses
 import inspect
+import json
 
 import pytest
 
@@ -14,8 +15,9 @@ from rlhf_course.hardware import PROFILES
 CONFIGS = [
     cls
     for _, cls in inspect.getmembers(config, inspect.isclass)
-    if dataclasses.is_dataclass(cls) and cls.__module__ == config.__name__
+    if dataclasses.is_dataclass(cls) and cls.__module__ == config.__name__ and cls is not config.EvalSettings
 ]
+"""The stage configs (EvalSettings is a part of four of them, with no preset of its own)."""
 
 
 def test_there_is_a_base_config():
@@ -70,7 +72,7 @@ def test_every_preset_builds(cls, profile):
     assert cls.preset(profile).profile == profile
 
 
-@pytest.mark.parametrize("cls", CONFIGS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", [*CONFIGS, config.EvalSettings], ids=lambda c: c.__name__)
 def test_every_field_has_a_docstring(cls):
     # CONVENTIONS: one frozen dataclass per stage, a docstring on each field.
     tree = ast.parse(inspect.getsource(cls))
@@ -86,3 +88,17 @@ def test_every_field_has_a_docstring(cls):
             documented.add(node.target.id)
     missing = [f.name for f in dataclasses.fields(cls) if f.name not in documented]
     assert not missing, f"{cls.__name__} fields without a docstring: {missing}"
+
+
+def test_eval_settings_are_one_nested_dataclass_read_and_set_by_their_flat_names():
+    cfg = config.PPOConfig.preset("t4", eval_prompts=200, temperature=0.5)
+    assert cfg.eval == config.EvalSettings(prompts=200, max_new_tokens=128, temperature=0.5, batch_size=64)
+    assert (cfg.eval_prompts, cfg.max_new_tokens, cfg.temperature, cfg.eval_batch_size) == (200, 128, 0.5, 64)
+    assert config.SFTConfig.preset("cpu").eval == config.EvalConfig.preset("cpu").eval  # one protocol
+    back = json.loads(json.dumps(cfg.to_dict()))  # as a child process or config.json reads it
+    assert config.PPOConfig(**back) == cfg
+    assert config.parse_field(config.PPOConfig, "eval_prompts", "300") == 300
+    with pytest.raises(TypeError, match="no field"):
+        config.RewardConfig.preset("cpu", eval_batch_size=8)  # the reward model has no `eval`
+    with pytest.raises(AttributeError, match="no attribute 'eval_batch_size'"):
+        _ = config.RewardConfig.preset("cpu").eval_batch_size
