@@ -10,7 +10,7 @@
 Each method trains in its own child process (`python -m rlhf_course.beyond --method M --out
 RUN`), so its wall time and peak memory are its own: peak resident memory on CPU, peak
 `torch.cuda.max_memory_allocated` on a GPU. Every trained policy is then evaluated exactly as
-stage `ppo` evaluates its own (`ppo.evaluate_ppo`): gold on the held-out prompts, the win rate
+stage `ppo` evaluates its own (`ppo_train.evaluate_ppo`): gold on the held-out prompts, the win rate
 against SFT's replies, the KL to SFT, the reward model's score. RLOO and GRPO sample as many
 replies in all as PPO does (`steps` x `batch_size`); DPO makes one pass over the ranked pairs of
 stage `comparisons`.

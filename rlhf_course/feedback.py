@@ -122,7 +122,7 @@ def feedback_to_comparisons(records: Iterable[Mapping[str, Any]],
     cases the chat produces: a reply liked after Regenerate ranks above its disliked siblings
     (siblings answer the same context), and a liked reply ranks above a disliked reply to the
     same context in another conversation. Each pair is one record in the format
-    `comparisons.comparison_record` makes (source 'feedback', no task, id
+    `rankings.comparison_record` makes (source 'feedback', no task, id
     `fb-<liked id>-<disliked id>`), so `rm` and `iterate` read it like any human ranking.
 
     No pair comes from: a thumbs-up with no thumbs-down in its context, or the reverse (nothing

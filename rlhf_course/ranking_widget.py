@@ -3,7 +3,7 @@ only renders.
 
 It collects the ChatGPT post's "comparison data, which consisted of two or more model responses
 ranked by quality". `RankingSession` and the functions after it are the logic; `RankingWidget`
-only draws. Each ranking is appended and fsynced through `comparisons.append_comparison` before
+only draws. Each ranking is appended and fsynced through `rankings.append_comparison` before
 the next item appears. What it simplifies: one ranker, strict orders only (no ties), no
 per-reply ratings or comments.
 """
@@ -82,7 +82,7 @@ class GoldReveal:
     learner: tuple[int, ...]
     """The submitted order, best first."""
     gold: tuple[int, ...]
-    """`comparisons.gold_ranking`: the gold labeler's order, best first."""
+    """`rankings.gold_ranking`: the gold labeler's order, best first."""
     scores: tuple[float, ...]
     """`world.gold_score(task, reply).total` for each reply, indexed like the replies."""
 
@@ -143,7 +143,7 @@ def _next_item(session: RankingSession, done: tuple[int, ...], after: int) -> Ra
 
 def start_ranking(items: Iterable[RankItem], path: str | os.PathLike, target: int | None = None,
                   reveal_gold: bool = False) -> RankingSession:
-    """A session over `items` (`comparisons.RankItem`s) saving to the JSON Lines file `path`.
+    """A session over `items` (`rankings.RankItem`s) saving to the JSON Lines file `path`.
 
     Every item is checked now (2 to 9 distinct non-empty replies, a context ending on a user
     turn), so a bad item fails here, naming it, rather than after the learner ranked it. Items
@@ -209,7 +209,7 @@ def submit_ranking(session: RankingSession, path: str | os.PathLike,
     """Save the clicked order as a comparison record in `path`, then move to the next item.
 
     The record (`item.record(order, ranker)`) is appended and fsynced by
-    `comparisons.append_comparison` before the new session is built, so once the learner sees
+    `rankings.append_comparison` before the new session is built, so once the learner sees
     the next item the previous ranking is on disk. An incomplete order raises ValueError naming
     the replies still unplaced, and nothing is written.
     """
@@ -307,7 +307,7 @@ def render_reveal(reveal: GoldReveal) -> str:
 class RankingWidget(ActionStatus):
     """Rank K replies to a conversation by clicking them, best first; one JSON line per ranking.
 
-    `items` are `comparisons.RankItem`s; rankings go to the JSON Lines file `path` (e.g.
+    `items` are `rankings.RankItem`s; rankings go to the JSON Lines file `path` (e.g.
     RUN_DIR/comparisons/human.jsonl) with `ranker` in each record. `target` is how many rankings
     to aim for (default: all items); with `reveal_gold=True`, each submission shows the gold
     labeler's order of the same replies. The widget holds only a `RankingSession`; every action

@@ -14,7 +14,7 @@ before RL) and unit standard deviation (so a KL coefficient has the same meaning
 Why our own loop and not TRL's `RewardTrainer`: that trainer takes one chosen/rejected pair per
 row, so a ranking would become C(K,2) independent rows, exactly what the paper warns against.
 The loop below is short (batch of rankings -> K scores each -> `ranking_loss`). TRL's format is
-still what the data exports to (`comparisons.rankings_dataset`), so RewardTrainer or
+still what the data exports to (`rankings.rankings_dataset`), so RewardTrainer or
 DPOTrainer can read the same rankings.
 
 What it simplifies: a tiny model and simulated annotators on the cpu track; no ensembling; the

@@ -14,7 +14,7 @@ the files take a second to make and come out byte for byte the same on every mac
   replies drawn from the ones the world can write for it (the ideal reply and its flawed
   variants), ordered by the simulated annotators, in the course's comparison format.
 - `preferences.jsonl`: those rankings expanded into their K-choose-2 pairs by the course's own
-  converter (`comparisons.preference_rows`).
+  converter (`rankings.preference_rows`).
 
 What it simplifies relative to stage `comparisons` (notebook 04): there the K replies are samples
 of the SFT policy, close in quality; here they are the world's ideal and flawed replies, so the

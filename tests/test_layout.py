@@ -92,3 +92,27 @@ def test_the_import_check_sees_a_silent_import(tmp_path):
     path = tmp_path / "m.py"
     path.write_text("def f():\n    import json\n    import torch  # seconds to import\n    return json\n")
     assert package_imports_in_functions(path) == [(2, "json", False), (3, "torch", True)]
+
+
+LONGEST = 600
+"""Lines a module of the package may have, unless its docstring says why it has more."""
+
+
+def over_long_modules(package: Path = PACKAGE) -> list[str]:
+    """Modules over LONGEST lines whose docstring does not say why (mention "600 lines")."""
+    long = []
+    for path in sorted(package.rglob("*.py")):
+        lines = path.read_text().count("\n")
+        if lines > LONGEST and "600 lines" not in (ast.get_docstring(ast.parse(path.read_text())) or ""):
+            long.append(f"{path.relative_to(package.parent)}: {lines} lines")
+    return long
+
+
+def test_no_module_is_over_600_lines_without_saying_why():
+    assert over_long_modules() == []
+
+
+def test_the_length_check_sees_a_long_module(tmp_path):
+    (tmp_path / "long.py").write_text('"""A module."""\n' + "x = 1\n" * 700)
+    (tmp_path / "table.py").write_text('"""Word tables: over 600 lines, as data."""\n' + "x = 1\n" * 700)
+    assert over_long_modules(tmp_path) == [f"{tmp_path.name}/long.py: 701 lines"]
