@@ -11,10 +11,10 @@ export MPLBACKEND=agg
 # Temporary files inside the repo (.tmp/ is git-ignored): run folders stay inspectable after a
 # failure, and machines with a small or shared /tmp are not a problem.
 mkdir -p .tmp
-# With no arguments: the test suite plus every notebook as committed (nbval, default parameters,
-# as a learner runs it), with the slowest 30 timed (each notebook's papermill run among them, the
-# figure behind "the whole course runs in under 20 minutes"). With arguments: exactly what was asked for.
+# With no arguments: the test suite, which executes every notebook once, as committed (its default
+# parameters, as a learner runs it; tests/test_notebooks.py), with the slowest 30 timed (each
+# notebook among them). With arguments: exactly what was asked for (e.g. `notebooks --nbval-lax`).
 if [ "$#" -eq 0 ]; then
-  set -- tests notebooks --nbval-lax --durations=30
+  set -- tests --durations=30
 fi
 exec .venv/bin/python -m pytest --basetemp=.tmp/pytest "$@"

@@ -1,4 +1,9 @@
-"""Tier 3: every notebook runs under papermill with cpu parameters, and its recorded metrics hold.
+"""Tier 3: every notebook runs under papermill as committed, and its recorded metrics hold.
+
+Each notebook's parameters cell is left as a learner finds it (`profile = None` detects the
+profile, `seed = 0`); the run folder the chain shares is given the way a learner points a notebook
+at another run, `RLHF_COURSE_RUN_DIR`. So this one execution also checks what a second pass over
+the committed notebooks (nbval) would, and the test command runs the notebooks once.
 
 Notebooks record their key metrics with `rlhf_course.runs.record_metrics`; these tests read them
 back. The executed copies land in the test's temporary folder (build products, never committed).
@@ -39,14 +44,21 @@ def our_warnings(executed: dict) -> list[str]:
 
 
 def _execute(name: str, run_dir: Path, tmp_path: Path, **params) -> dict:
+    """Run notebook `name` as committed against the chain's `run_dir` (`params`: parameters a
+    test changes on purpose, none in the chain) and return the metrics it recorded."""
     import papermill
 
-    executed = papermill.execute_notebook(
-        str(NOTEBOOKS / name), str(tmp_path / name),
-        parameters={"profile": "cpu", "seed": 0, "run_dir": str(run_dir), **params},
-        kernel_name="python3", cwd=str(tmp_path), progress_bar=False,
-    )
+    from rlhf_course.runs import RUN_DIR_ENV
+
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(RUN_DIR_ENV, str(run_dir))  # the kernel inherits it
+        executed = papermill.execute_notebook(
+            str(NOTEBOOKS / name), str(tmp_path / name), parameters=params,
+            kernel_name="python3", cwd=str(tmp_path), progress_bar=False,
+        )
     assert our_warnings(executed) == [], name
+    injected = [c for c in executed["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
+    assert bool(injected) == bool(params), f"{name}: the parameters cell was not left as committed"
     return read_metrics(run_dir, name.removesuffix(".ipynb"))
 
 
