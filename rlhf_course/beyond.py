@@ -146,7 +146,7 @@ def train_method(method: str, cfg: BeyondConfig, run_dir) -> dict[str, Any]:
         extra = {"replies": pcfg.steps * pcfg.batch_size}
         # evaluate_ppo runs inside run_ppo; its time is not training time, so it is timed apart.
         result = run_ppo(pcfg, run_dir, progress=False, paths=paths,
-                           live_plot=lambda step, _: _report_progress(step, pcfg.steps))
+                         live_plot=lambda step, _: _report_progress(step, pcfg.steps))
         seconds = time.perf_counter() - started - result["eval_seconds"]
     else:
         train = _train_dpo if method == "dpo" else lambda *a: _train_group(method, *a)

@@ -262,7 +262,7 @@ def weak_kl_run(cfg, run_dir, live_plot=None, progress: bool = True, ppo_cfg=Non
                    lr=cfg.weak_kl_lr, max_kl=1e9, save_every=10**9)
     paths = PPOPaths.from_sft(run_dir, Path(run_dir) / "eval" / WEAK_KL, cfg.seed)
     result = run_ppo(pcfg, run_dir, live_plot, progress, paths=paths, curve_every=cfg.curve_every,
-                       curve_prompts=cfg.curve_prompts)
+                     curve_prompts=cfg.curve_prompts)
     points = result["curve"]
     return {"points": points, "init_kl_coef": cfg.weak_kl_coef, "steps": cfg.weak_kl_steps,
             "prompts": cfg.curve_prompts, "end": points[-1], **_fitted(points, "rl")}

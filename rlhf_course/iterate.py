@@ -149,7 +149,7 @@ def run_round(cfg: IterateConfig, run_dir, n: int, policy_path: Path, rm_dir: Pa
 
         # 3. PPO from the current policy, against the extended reward model.
         result = run_ppo(pcfg, run_dir, progress=progress,
-                           paths=PPOPaths(Path(policy_path), out / "rm", out / "ppo", prompt_seed(round_seed)))
+                         paths=PPOPaths(Path(policy_path), out / "rm", out / "ppo", prompt_seed(round_seed)))
 
     tasks = heldout_tasks(world, pcfg, run_dir)
     previous = _samples(previous_samples, tasks)
@@ -201,7 +201,7 @@ def _normalisation_sample(run_dir, cfg: IterateConfig) -> list[tuple[list[dict],
 
 
 def run_iterate(cfg: IterateConfig, run_dir, progress: bool = True, on_round=None,
-            configs: tuple[RewardConfig, PPOConfig] | None = None) -> dict[str, Any]:
+                configs: tuple[RewardConfig, PPOConfig] | None = None) -> dict[str, Any]:
     """Stage `iterate`: `cfg.rounds` rounds from stage `cfg.start`'s policy; returns the report's
     `iterate` figures, `rounds` holding one entry per round. `on_round(metrics)` is called after
     each round (a notebook prints the growing table). Finished rounds are not run again."""

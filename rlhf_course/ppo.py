@@ -59,7 +59,7 @@ def reward_ladder(cfg: PPOConfig, run_dir, progress: bool = True) -> dict:
     for reward, prefix in (("gold", "oracle"), ("annotators", "annotator_oracle")):
         paths = dataclasses.replace(stage, out=stage.out / "ladder" / reward)
         res = run_ppo(dataclasses.replace(cfg, reward=reward, ladder=False), run_dir, progress=progress,
-                        paths=paths)
+                      paths=paths)
         out |= {f"{prefix}_{k}": res[k] for k in ("gold", "win_rate_vs_sft", "kl_to_sft", "gold_by_family",
                                                  "reply_words", "gold_ood")}
     return out
@@ -117,7 +117,7 @@ def run_ppo(cfg: PPOConfig, run_dir, live_plot: Callable[[int, dict], object] | 
                 measure_curve(run, step + 1)
             if (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
                 save_checkpoint(run.accelerator, run.out, run.tokenizer, run.policy, run.value_model,
-                                 run.opt_policy, run.opt_value, run.state)
+                                run.opt_policy, run.opt_value, run.state)
         bar.close()
         result = finish(run, progress, curve_every)
     if run.main:

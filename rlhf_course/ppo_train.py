@@ -493,7 +493,7 @@ def _loads(path: Path) -> bool:
 
 
 def save_checkpoint(accelerator, out: Path, tokenizer, policy, value_model, opt_policy, opt_value,
-                     state: _State) -> None:
+                    state: _State) -> None:
     """Write the state to RUN_DIR/ppo/checkpoint.tmp, then swap it in: a crash mid-save leaves
     the previous checkpoint whole."""
     accelerator.wait_for_everyone()

@@ -275,7 +275,7 @@ def _load(run_dir, name: str, profile: str, required: bool = True) -> list[dict]
 
 
 def run_rm(cfg: RewardConfig, run_dir, live_plot: Callable[[int, float], object] | None = None,
-                       progress: bool = True) -> dict:
+           progress: bool = True) -> dict:
     """Stage `rm`: train RUN_DIR/rm/model on RUN_DIR/comparisons/ (simulated and human
     rankings), normalise it on the SFT replies, and measure it on the held-out rankings.
 

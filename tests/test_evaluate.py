@@ -218,7 +218,7 @@ def evaluated(tmp_path_factory):
                             eval_batch_size=100, eval_prompts=200)
     seen = []
     result = run_eval(cfg, run, progress=False, live_plot=lambda step, m: seen.append(step),
-                          ppo_cfg=PPOConfig.preset("cpu", **TINY_PPO))
+                      ppo_cfg=PPOConfig.preset("cpu", **TINY_PPO))
     return run, cfg, result, seen
 
 

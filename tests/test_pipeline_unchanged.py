@@ -94,14 +94,14 @@ def tiny_pipeline(run: Path) -> dict:
         "ppo": run_ppo(ppo, run, progress=False),
     }
     report["iterate"] = run_iterate(IterateConfig.preset("cpu", rounds=2, heldout_prompts=8), run, progress=False,
-                                configs=(RewardConfig.preset("cpu", **{**TINY_RM, "prompts": 12}), small_ppo))
+                                    configs=(RewardConfig.preset("cpu", **{**TINY_RM, "prompts": 12}), small_ppo))
     report["eval"] = run_eval(
         EvalConfig.preset("cpu", behaviour_prompts=3, phrasing_questions=1, bon_prompts=4, bon_samples=4,
                           weak_kl_steps=2, curve_every=1, curve_prompts=6, max_new_tokens=8,
                           eval_batch_size=100, eval_prompts=200),
         run, progress=False, ppo_cfg=small_ppo)
     report["moderation"] = run_moderation(ModerationConfig.preset("cpu", train_tasks=300, steps=60), run,
-                                                  progress=False)
+                                          progress=False)
     return json.loads(json.dumps(report))  # as report.json holds it (tuples as lists)
 
 
