@@ -1,8 +1,12 @@
 """rlhf_course: rebuild the recipe behind ChatGPT, stage by stage, on a CPU in minutes.
 
-Stages (one module each): `world` (the toy assistant world and its gold labeler), `models` and
-`pretrain` (tokenizer and tiny base model), then SFT, comparisons, reward model, PPO, iterations
-and evaluation in later modules. `hardware.detect_profile()` picks `cpu`, `t4` or `a100`.
+One module per stage, in course order: `pretrain` (base), `sft` (demos, sft), `comparisons`,
+`reward` (rm), `ppo`, `iterate`, `evaluate` (eval), `moderation`, `beyond`; each runs through
+`run_<stage>(cfg, run_dir)`. Below them the shared measurement and records (`heldout`,
+`rankings`, ...), the toy world and its gold labeler (`world`), and the foundation (`runs`,
+`config`, `models`, ...); above them the interfaces (`cli`, the widgets, the report).
+ARCHITECTURE.md at the repo root draws the layers. `hardware.detect_profile()` picks `cpu`,
+`t4` or `a100`.
 """
 
 import os as _os
