@@ -116,8 +116,7 @@ def run_ppo(cfg: PPOConfig, run_dir, live_plot: Callable[[int, dict], object] | 
             if curve_every > 0 and ((step + 1) % curve_every == 0 or step + 1 == cfg.steps):
                 measure_curve(run, step + 1)
             if (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
-                save_checkpoint(run.accelerator, run.out, run.tokenizer, run.policy, run.value_model,
-                                run.opt_policy, run.opt_value, run.state)
+                save_checkpoint(run)
         bar.close()
         result = finish(run, progress, curve_every)
     if run.main:

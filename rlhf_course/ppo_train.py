@@ -492,19 +492,20 @@ def _loads(path: Path) -> bool:
     return True
 
 
-def save_checkpoint(accelerator, out: Path, tokenizer, policy, value_model, opt_policy, opt_value,
-                    state: _State) -> None:
-    """Write the state to RUN_DIR/ppo/checkpoint.tmp, then swap it in: a crash mid-save leaves
-    the previous checkpoint whole."""
+def save_checkpoint(run: _Run) -> None:
+    """Write the run's state to RUN_DIR/ppo/checkpoint.tmp, then swap it in: a crash mid-save
+    leaves the previous checkpoint whole."""
+    accelerator, out, state = run.accelerator, run.out, run.state
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         tmp, final = out / (CHECKPOINT + ".tmp"), out / CHECKPOINT
         shutil.rmtree(tmp, ignore_errors=True)
         # The tokenizer travels with the policy so that `load_checkpoint` reads the folder alone.
-        save_base(tmp / "policy", accelerator.unwrap_model(policy).model, tokenizer)
-        accelerator.unwrap_model(value_model).model.save_pretrained(tmp / "value")
+        save_base(tmp / "policy", accelerator.unwrap_model(run.policy).model, run.tokenizer)
+        accelerator.unwrap_model(run.value_model).model.save_pretrained(tmp / "value")
         torch.save({"step": state.step, "kl_coef": state.kl_coef, "history": state.history, "curve": state.curve,
-                    "opt_policy": opt_policy.state_dict(), "opt_value": opt_value.state_dict()}, tmp / "state.pt")
+                    "opt_policy": run.opt_policy.state_dict(), "opt_value": run.opt_value.state_dict()},
+                   tmp / "state.pt")
         old = out / (CHECKPOINT + ".old")
         shutil.rmtree(old, ignore_errors=True)
         if final.exists():

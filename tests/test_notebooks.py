@@ -43,9 +43,9 @@ def our_warnings(executed: dict) -> list[str]:
     return found
 
 
-def _execute(name: str, run_dir: Path, tmp_path: Path, **params) -> dict:
-    """Run notebook `name` as committed against the chain's `run_dir` (`params`: parameters a
-    test changes on purpose, none in the chain) and return the metrics it recorded."""
+def _execute(name: str, run_dir: Path, tmp_path: Path) -> dict:
+    """Run notebook `name` as committed against the chain's `run_dir` and return the metrics it
+    recorded."""
     import papermill
 
     from rlhf_course.runs import RUN_DIR_ENV
@@ -53,12 +53,12 @@ def _execute(name: str, run_dir: Path, tmp_path: Path, **params) -> dict:
     with pytest.MonkeyPatch.context() as env:
         env.setenv(RUN_DIR_ENV, str(run_dir))  # the kernel inherits it
         executed = papermill.execute_notebook(
-            str(NOTEBOOKS / name), str(tmp_path / name), parameters=params,
+            str(NOTEBOOKS / name), str(tmp_path / name),
             kernel_name="python3", cwd=str(tmp_path), progress_bar=False,
         )
     assert our_warnings(executed) == [], name
     injected = [c for c in executed["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
-    assert bool(injected) == bool(params), f"{name}: the parameters cell was not left as committed"
+    assert injected == [], f"{name}: the parameters cell was not left as committed"
     return read_metrics(run_dir, name.removesuffix(".ipynb"))
 
 
